@@ -1,0 +1,71 @@
+"""Robult on `watch` (smartwatch accelerometer + gyroscope), 5% labels.
+
+The default configuration of the project; every other config imports it and
+overrides a few fields.
+
+Run:
+  python -m robult_jax.main --config configs/watch.py --workdir runs/watch
+Override any field, e.g. `--config.data.label_rate=0.1 --config.seed=1`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.method = "robult"  # a name for reports; the loss weights below decide the terms
+    config.seed = 0  # model init, data order and modality dropout all derive from it
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "watch"  # see robult_jax.data.registry for the registered names
+    config.data.data_dir = ""  # tfds data dir; "" = $ROBULT_JAX_DATA_DIR or ~/.cache/robult_jax
+    config.data.val_subject = 7  # training subject held out for validation / model selection
+    config.data.label_rate = 0.05  # fraction of training windows whose label is used, in (0, 1]
+    config.data.label_seed = 0  # seed of the stratified labeled/unlabeled split
+    config.data.modality_dropout = 0.3  # train-time P(drop) per modality, never all; in [0, 1)
+    config.data.labeled_batch = 32  # labeled rows per step (global, all devices)
+    config.data.unlabeled_batch = 96  # unlabeled rows per step (global, all devices)
+
+    config.model = ml_collections.ConfigDict()
+    config.model.latent_dim = 64  # D: width of h_i and h_0
+    config.model.unique_dim = 32  # K: width of the unique features u_i
+    config.model.proj_dim = 64  # P: width of the unit-sphere embeddings s, z_i
+    config.model.hidden_dim = 128  # width of the MLPs
+    config.model.fusion = "attention"  # f_0: "attention" (masked self-attention) | "mean"
+    config.model.num_heads = 4  # attention heads of f_0
+    config.model.dropout_rate = 0.1
+    # Encoder per modality; a modality not named here gets the default of its kind
+    # (vector: mlp, timeseries: cnn1d, image: cnn2d).
+    config.model.encoders = ml_collections.ConfigDict({"acc": "cnn1d", "gyro": "cnn1d"})
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.w_sup = 1.0  # supervised task loss on labeled rows
+    config.loss.w_lb = 1.0  # PU contrastive loss, labeled anchors
+    config.loss.w_ulb = 1.0  # PU contrastive loss, unlabeled anchors
+    config.loss.w_rec = 1.0  # latent reconstruction loss
+    config.loss.pu_mode = "soft"  # "soft" (RBF proximity) | "hard" (pseudo-labels) | "none"
+    config.loss.temperature = 0.1  # tau of the contrastive softmax
+    config.loss.sigma = 0.5  # RBF bandwidth on the unit sphere (squared distances in [0, 4])
+    config.loss.threshold = 0.0  # confidence below which an unlabeled pair is not positive
+    config.loss.rec_stop_gradient = True  # reconstruct sg(h_i) rather than a moving target
+    config.loss.centroid_decay = 0.9  # EMA of per-class labeled embeddings (RBF fallback)
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.learning_rate = 2e-3  # peak of the warm-up + cosine schedule
+    config.optim.warmup_steps = 50
+    config.optim.weight_decay = 1e-4  # AdamW, decoupled
+    config.optim.grad_clip_norm = 1.0  # global-norm clipping
+
+    config.train = ml_collections.ConfigDict()
+    config.train.num_steps = 600
+    config.train.log_every = 50  # device values are fetched only on these steps
+    config.train.eval_every = 100  # validation + best-checkpoint bookkeeping
+    config.train.checkpoint_every = 200  # periodic checkpoint for resuming
+    config.train.keep_checkpoints = 2  # periodic checkpoints kept (the best is kept apart)
+    config.train.progress_bar = True
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.batch_size = 512  # fixed (padded) so evaluation compiles once
+    config.eval.missing_rates = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    config.eval.mask_seeds = (0, 1, 2)  # random-missingness masks averaged over these seeds
+    return config

@@ -1,0 +1,14 @@
+"""Ablation `hard_pu` on `watch`: PU weights from hard pseudo-labels, no RBF proximity.
+
+Run:
+  python -m robult_jax.main --config configs/watch_hard_pu.py --workdir runs/watch_hard_pu
+"""
+
+from configs import watch
+
+
+def get_config():
+    config = watch.get_config()
+    config.method = "hard_pu"
+    config.loss.pu_mode = "hard"
+    return config

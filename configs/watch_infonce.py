@@ -1,0 +1,15 @@
+"""Baseline `infonce` on `watch`: + plain cross-modal InfoNCE on all samples, no PU weights.
+
+Run:
+  python -m robult_jax.main --config configs/watch_infonce.py --workdir runs/watch_infonce
+"""
+
+from configs import watch
+
+
+def get_config():
+    config = watch.get_config()
+    config.method = "infonce"
+    config.loss.pu_mode = "none"
+    config.loss.w_rec = 0.0
+    return config

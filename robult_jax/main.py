@@ -1,0 +1,41 @@
+"""Command line: train, checkpoint, resume and evaluate under missing modalities.
+
+  python -m robult_jax.main --config configs/watch.py --workdir runs/watch \
+      [--config.data.label_rate=0.1 ...]
+
+Thin on purpose: everything else lives in importable modules.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from robult_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file in configs/.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, metrics and results (resumed if it exists)."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (ValueError, FileNotFoundError, ImportError, train.NonFiniteLossError) as e:
+        # Expected user errors: one clear message, no traceback.
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    with open(os.path.join(_WORKDIR.value, "results.md")) as f:
+        print(f.read())
+    print(f"Results, metrics and checkpoints are in {_WORKDIR.value}/")
+
+
+if __name__ == "__main__":
+    app.run(main)

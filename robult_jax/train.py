@@ -1,0 +1,206 @@
+"""Training and evaluation loop: `train_and_evaluate(config, workdir)`.
+
+Resume is the default: if `<workdir>/checkpoints` holds a state, training goes
+on from its step. Every random choice (label split, data order, modality
+dropout, parameter init, dropout) is a function of the seed and the step, so a
+resumed run produces exactly the states an uninterrupted one would.
+"""
+
+import hashlib
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from robult_jax import (
+    checkpointing,
+    config_validation,
+    evaluate,
+    models,
+    objective,
+    parallel,
+    report,
+)
+from robult_jax import masks as masks_lib
+from robult_jax.data import load_dataset, sampler
+from robult_jax.metric_writer import MetricWriter, Progress
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the loss becomes NaN or infinite; names the step."""
+
+
+def create_state(
+    config: ml_collections.ConfigDict, model, tx, spec, key: jax.Array, batch: dict
+) -> objective.TrainState:
+    params = model.init({"params": key}, batch["inputs"], batch["mask"], train=False)["params"]
+    num_classes = spec.num_outputs
+    return objective.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        centroids_CxP=jnp.zeros((num_classes, config.model.proj_dim), jnp.float32),
+        centroid_valid_C=jnp.zeros((num_classes,), jnp.float32),
+    )
+
+
+def _label_split(config, dataset, workdir: str) -> np.ndarray:
+    """The labeled training indices, saved beside the results (or re-read on resume)."""
+    path = os.path.join(workdir, "label_split.json")
+    if os.path.exists(path):
+        idx, _ = sampler.load_label_split(path)
+        return idx
+    idx = sampler.label_split(dataset.train.labels, config.data.label_rate, config.data.label_seed)
+    if jax.process_index() == 0:
+        sampler.save_label_split(
+            path, idx, rate=config.data.label_rate, seed=config.data.label_seed
+        )
+    return idx
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    pause_at_step: int | None = None,
+    devices: list | None = None,
+) -> dict | None:
+    """Trains (or resumes), keeps the best validation checkpoint, evaluates it on test.
+
+    `pause_at_step`: stop after that step with a checkpoint and no evaluation
+    (returns None), e.g. to fit a time-limited session; the next call resumes.
+    `devices`: the devices of the data-parallel mesh (default: all).
+    """
+    config_validation.validate_config(config)
+    dataset = load_dataset(config.data)
+    config_validation.validate_against_dataset(config, dataset.spec)
+    os.makedirs(workdir, exist_ok=True)
+    checkpointing.check_workdir_config(workdir, config)
+    spec = dataset.spec
+
+    mesh = parallel.make_mesh(devices)
+    labeled_idx = _label_split(config, dataset, workdir)
+    train_sampler = sampler.SemiSupervisedSampler(
+        dataset.train,
+        labeled_idx,
+        labeled_batch=config.data.labeled_batch,
+        unlabeled_batch=config.data.unlabeled_batch,
+        modality_dropout=config.data.modality_dropout,
+        seed=config.seed,
+    )
+    model = models.build_model(config.model, spec)
+    num_steps = config.train.num_steps
+    tx = objective.make_optimizer(config.optim, num_steps)
+
+    # Named random streams, split once from the seed.
+    init_key, train_key = jax.random.split(jax.random.key(config.seed))
+    first = train_sampler.batch(0)
+    state = jax.jit(lambda k: create_state(config, model, tx, spec, k, first))(init_key)
+    state = parallel.replicate(state, mesh)
+    abstract_state = checkpointing.abstract_like(state)
+
+    ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    restored = ckpt.restore_latest(abstract_state)
+    if restored is not None:
+        state = restored
+    checkpointing.write_workdir_config(workdir, config)
+    start_step = int(state.step)
+    writer = MetricWriter(workdir)
+
+    train_step = jax.jit(
+        objective.make_train_step(model, tx, config.loss, spec.task), donate_argnums=(0,)
+    )
+    predict = evaluate.make_predict_fn(model)
+    eval_kw = dict(batch_size=config.eval.batch_size, mesh=mesh)
+
+    progress = Progress(num_steps, start_step, config.train.progress_bar and start_step < num_steps)
+    last_log_time, last_log_step = time.time(), start_step
+    stop = num_steps if pause_at_step is None else min(num_steps, pause_at_step)
+    for step in range(start_step, stop):
+        batch = parallel.shard_batch(train_sampler.batch(step), mesh)
+        state, metrics = train_step(state, batch, train_key)
+        done = step + 1
+        if done % config.train.log_every == 0 or done == num_steps:
+            metrics = jax.device_get(metrics)
+            if not np.isfinite(metrics["loss"]):
+                progress.close()
+                raise NonFiniteLossError(
+                    f"Non-finite loss ({metrics['loss']}) at step {done} (logged every "
+                    f"{config.train.log_every} steps); terms: "
+                    + ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
+                    + ". Checkpoints already saved were left untouched; try a lower "
+                    "optim.learning_rate."
+                )
+            now = time.time()
+            rate = (done - last_log_step) / max(now - last_log_time, 1e-9)
+            last_log_time, last_log_step = now, done
+            writer.write(done, {f"train/{k}": v for k, v in metrics.items()})
+            writer.write(done, {"train/steps_per_sec": rate})
+            progress.update(0, loss=f"{float(metrics['loss']):.3f}", steps_s=f"{rate:.1f}")
+        if done % config.train.eval_every == 0 or done == num_steps:
+            val = evaluate.evaluate_subsets(
+                predict, state.params, dataset.validation, spec, **eval_kw
+            )
+            score = evaluate.validation_score(val)
+            flat = {f"eval/val/{s}/{k}": v for s, r in val.items() for k, v in r.items()}
+            writer.write(done, {**flat, "eval/val/score": score})
+            ckpt.save_best(done, state, score)
+        if done % config.train.checkpoint_every == 0 or done in (num_steps, stop):
+            ckpt.save(done, state)
+        progress.update(1)
+    progress.close()
+    ckpt.wait_until_finished()
+    if stop < num_steps:
+        ckpt.close()
+        return None
+
+    best = ckpt.restore_best(abstract_state)
+    best_step = ckpt.best_step()
+    if best is None:  # e.g. num_steps == 0: evaluate the initial state
+        best, best_step = state, int(state.step)
+    results = _final_evaluation(config, dataset, predict, best.params, eval_kw)
+    results.update(
+        best_step=int(best_step),
+        label_split_hash=hashlib.sha256(np.asarray(labeled_idx, np.int64).tobytes()).hexdigest()[
+            :16
+        ],
+        num_labeled=int(len(labeled_idx)),
+    )
+    if jax.process_index() == 0:
+        report.write_results(workdir, results)
+    ckpt.close()
+    return results
+
+
+def _final_evaluation(config, dataset, predict, params, eval_kw) -> dict:
+    spec = dataset.spec
+    test = dataset.test
+    subsets = evaluate.evaluate_subsets(predict, params, test, spec, **eval_kw)
+    random_missing, hashes = evaluate.evaluate_random_missing(
+        predict,
+        params,
+        test,
+        spec,
+        rates=tuple(config.eval.missing_rates),
+        seeds=tuple(config.eval.mask_seeds),
+        **eval_kw,
+    )
+    return {
+        "dataset": spec.name,
+        "variant": getattr(spec, "variant", spec.name),
+        "method": config.method,
+        "split": "test",
+        "label_rate": config.data.label_rate,
+        "seed": config.seed,
+        "mask_seeds": list(config.eval.mask_seeds),
+        "mask_hashes": hashes,
+        "subset_mask_hash": masks_lib.mask_hash(masks_lib.all_subsets(len(spec.modalities))),
+        "commit": report.git_commit(),
+        "config": json.loads(config.to_json_best_effort()),
+        "subsets": subsets,
+        "random_missing": random_missing,
+    }
