@@ -136,7 +136,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_checkpoints(tmp_path):
         ds.train.inputs["a"][:] = np.nan
         return ds
 
-    register_dataset("synthetic_nan", nan_dataset)
+    register_dataset("synthetic_nan", nan_dataset, overwrite=True)
     config = _config(**{"data.name": "synthetic_nan", "train.num_steps": 4, "train.log_every": 2})
     with pytest.raises(train.NonFiniteLossError, match="step 2"):
         train.train_and_evaluate(config, str(tmp_path))
