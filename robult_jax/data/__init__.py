@@ -1,0 +1,24 @@
+"""Datasets: in-memory containers, the loader registry and batch samplers.
+
+`load_dataset(data_config)` returns a `Dataset` of numpy splits; see
+docs/interfaces.md (Data) for the contract.
+"""
+
+from robult_jax.data.registry import (
+    load_dataset,
+    register_dataset,
+    registered_datasets,
+    resolve_data_dir,
+)
+from robult_jax.data.types import Dataset, DatasetSpec, ModalitySpec, Split
+
+__all__ = [
+    "Dataset",
+    "DatasetSpec",
+    "ModalitySpec",
+    "Split",
+    "load_dataset",
+    "register_dataset",
+    "registered_datasets",
+    "resolve_data_dir",
+]

@@ -1,0 +1,80 @@
+"""Dataset registry: `load_dataset(data_config)` dispatches on `data_config.name`.
+
+Loaders are registered by name. Built-in loaders are imported lazily, so that
+`import robult_jax.data` does not pay for tensorflow-datasets (about 1 s) until
+a dataset is actually loaded.
+
+Data config fields read here:
+  name:     registered dataset name, e.g. "watch".
+  data_dir: where built datasets are cached. None or "" means the environment
+            variable ROBULT_JAX_DATA_DIR if set, else
+            ~/.cache/robult_jax/tensorflow_datasets.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+from robult_jax.data.types import Dataset
+
+DATA_DIR_ENV = "ROBULT_JAX_DATA_DIR"
+DEFAULT_DATA_DIR = "~/.cache/robult_jax/tensorflow_datasets"
+
+Loader = Callable[[Any], Dataset]
+
+# Built-in loaders as "module:function", imported on first use.
+_BUILTIN: dict[str, str] = {
+    "watch": "robult_jax.data.watch:load_watch",
+}
+_REGISTRY: dict[str, Loader] = {}
+
+
+def register_dataset(name: str, fn: Loader, *, overwrite: bool = False) -> None:
+    """Registers `fn(data_config) -> Dataset` under `name`."""
+    if not name:
+        raise ValueError("register_dataset: name must be a non-empty string.")
+    if not overwrite and (name in _REGISTRY or name in _BUILTIN):
+        raise ValueError(
+            f"Dataset {name!r} is already registered; pass overwrite=True to replace it."
+        )
+    _BUILTIN.pop(name, None)
+    _REGISTRY[name] = fn
+
+
+def registered_datasets() -> tuple[str, ...]:
+    return tuple(sorted(set(_REGISTRY) | set(_BUILTIN)))
+
+
+def get_loader(name: str) -> Loader:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name in _BUILTIN:
+        module_name, fn_name = _BUILTIN[name].split(":")
+        fn = getattr(importlib.import_module(module_name), fn_name)
+        _REGISTRY[name] = fn
+        return fn
+    raise ValueError(
+        f"Unknown data.name {name!r}; registered datasets: {', '.join(registered_datasets())}."
+    )
+
+
+def load_dataset(data_config: Any) -> Dataset:
+    """Loads the dataset named by `data_config.name`."""
+    name = getattr(data_config, "name", None)
+    if not isinstance(name, str):
+        raise ValueError(
+            f"data.name must be a string naming a dataset; registered: "
+            f"{', '.join(registered_datasets())}."
+        )
+    return get_loader(name)(data_config)
+
+
+def resolve_data_dir(data_config: Any) -> str:
+    """Directory where built datasets are cached (see module docstring)."""
+    data_dir = getattr(data_config, "data_dir", None)
+    if not data_dir:
+        data_dir = os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+    return os.path.abspath(os.path.expanduser(os.fspath(data_dir)))

@@ -1,0 +1,290 @@
+"""Semi-supervised batch sampling: label splits, modality dropout, batches.
+
+Shape legend: N examples in the split, M modalities, B batch size.
+
+Everything random here is a pure function of `(seed, stream, counter)`:
+`np.random.default_rng((seed, STREAM, counter))`. So batch `step` of a run is
+the same whether or not batches 0..step-1 were drawn, and a resumed run sees
+exactly the batches an uninterrupted run would (no sampler state to save).
+
+Labeled and unlabeled sets are each traversed in epoch-wise permutations:
+row r of batch `step` takes position p = step * batch + r of an endless
+stream, epoch e = p // n_set, and index perm_e[p % n_set] with
+perm_e = default_rng((seed, stream, e)).permutation(n_set). Each labeled
+sample is therefore seen exactly once per labeled epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from robult_jax.data.types import Split
+
+# Independent random streams (arbitrary distinct constants).
+_LABEL_SPLIT_STREAM = 0x1AB5
+_LABELED_STREAM = 0x1AB1
+_UNLABELED_STREAM = 0x0B1A
+_DROPOUT_STREAM = 0xD409
+_UNSTRATIFIED_ID = 2**31  # label_split sub-stream when labels are not classes
+
+
+def _check_seed(seed: int) -> int:
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    return int(seed)
+
+
+def label_split(labels: np.ndarray, rate: float, seed: int) -> np.ndarray:
+    """Sorted indices of the labeled training examples.
+
+    For (N,) integer labels the split is stratified: class c with n_c examples
+    gets round(rate * n_c) labeled examples, at least 1. Other label kinds
+    (multilabel, regression) get round(rate * N) uniformly chosen, at least 1.
+
+    Args:
+      labels: (N,) int class labels, or (N, ...) labels of another task.
+      rate: fraction of labeled examples, in (0, 1] (config `data.label_rate`).
+      seed: non-negative int.
+
+    Returns:
+      (n_labeled,) int64 sorted indices into the split.
+    """
+    if not (0.0 < rate <= 1.0):
+        raise ValueError(f"data.label_rate must be in (0, 1], got {rate!r}.")
+    seed = _check_seed(seed)
+    labels = np.asarray(labels)
+    n = len(labels)
+    if n == 0:
+        raise ValueError("label_split: the training split is empty.")
+    if rate == 1.0:
+        return np.arange(n, dtype=np.int64)
+
+    def take(pool: np.ndarray, stream_id: int) -> np.ndarray:
+        # round half up (not Python's banker's rounding); at least one.
+        k = min(len(pool), max(1, int(np.floor(rate * len(pool) + 0.5))))
+        # One stream per class: classes do not shift each other's draws.
+        rng = np.random.default_rng((seed, _LABEL_SPLIT_STREAM, stream_id))
+        return rng.choice(pool, size=k, replace=False)
+
+    if labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer):
+        if labels.min() < 0:
+            raise ValueError("label_split: class labels must be non-negative integers.")
+        chosen = [take(np.flatnonzero(labels == c), int(c)) for c in np.unique(labels)]
+        idx = np.concatenate(chosen)
+    else:
+        idx = take(np.arange(n), _UNSTRATIFIED_ID)
+    return np.sort(idx).astype(np.int64)
+
+
+def indices_sha256(idx: np.ndarray) -> str:
+    """sha256 of an index array as int64 (shape-independent of platform ints)."""
+    return hashlib.sha256(np.asarray(idx, dtype=np.int64).tobytes()).hexdigest()
+
+
+def save_label_split(path: str | os.PathLike, idx: np.ndarray, *, rate: float, seed: int) -> None:
+    """Writes the labeled indices, rate, seed and their hash as JSON."""
+    idx = np.asarray(idx, dtype=np.int64)
+    record = {
+        "rate": float(rate),
+        "seed": int(seed),
+        "num_labeled": len(idx),
+        "sha256": indices_sha256(idx),
+        "indices": idx.tolist(),
+    }
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+    os.replace(tmp, path)  # atomic: a crash never leaves half a file
+
+
+def load_label_split(
+    path: str | os.PathLike, *, rate: float | None = None, seed: int | None = None
+) -> np.ndarray:
+    """Reads a label split written by `save_label_split`; checks hash, rate and seed."""
+    with open(path) as f:
+        record = json.load(f)
+    idx = np.asarray(record["indices"], dtype=np.int64)
+    if indices_sha256(idx) != record["sha256"]:
+        raise ValueError(f"{path}: label split indices do not match their sha256.")
+    if rate is not None and record["rate"] != float(rate):
+        raise ValueError(f"{path}: saved data.label_rate {record['rate']} != requested {rate}.")
+    if seed is not None and record["seed"] != int(seed):
+        raise ValueError(f"{path}: saved seed {record['seed']} != requested {seed}.")
+    return idx
+
+
+def modality_dropout_mask(
+    n: int,
+    m: int,
+    rate: float,
+    rng: np.random.Generator,
+    data_mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """(n, m) bool presence mask after training-time modality dropout.
+
+    Each modality present in `data_mask` (default: all) is dropped with
+    probability `rate`. A row that would lose all its present modalities keeps
+    one of them, chosen uniformly. Absent modalities never become present; a
+    row with no modality in the data stays empty.
+    """
+    if not (0.0 <= rate < 1.0):
+        raise ValueError(f"data.modality_dropout must be in [0, 1), got {rate!r}.")
+    present = np.ones((n, m), bool) if data_mask is None else np.asarray(data_mask, bool)
+    if present.shape != (n, m):
+        raise ValueError(f"data_mask has shape {present.shape}, expected {(n, m)}.")
+    # Draw all uniforms even when rate == 0 so the rng advances the same way.
+    u = rng.random((n, m))
+    pick = rng.random(n)
+    keep = present & (u >= rate)
+    lost_all = ~keep.any(axis=1) & present.any(axis=1)
+    if lost_all.any():
+        rows = np.flatnonzero(lost_all)
+        counts = present[rows].sum(axis=1)
+        # k-th present modality, k uniform in [0, count).
+        k = np.minimum((pick[rows] * counts).astype(np.int64), counts - 1)
+        cols = np.argmax(np.cumsum(present[rows], axis=1) > k[:, None], axis=1)
+        keep[rows, cols] = True
+    return keep
+
+
+def _stream_indices(n_set: int, batch: int, step: int, seed: int, stream: int) -> np.ndarray:
+    """Positions step*batch .. step*batch+batch-1 of the epoch-permuted stream."""
+    pos = step * batch + np.arange(batch, dtype=np.int64)
+    epoch, offset = np.divmod(pos, n_set)
+    out = np.empty(batch, dtype=np.int64)
+    for e in np.unique(epoch):
+        perm = np.random.default_rng((seed, stream, int(e))).permutation(n_set)
+        sel = epoch == e
+        out[sel] = perm[offset[sel]]
+    return out
+
+
+def _gather(split: Split, rows: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """Fancy-indexed copies of the rows, with absent modalities zeroed."""
+    inputs = {}
+    for i, (name, x) in enumerate(split.inputs.items()):
+        xb = x[rows]  # fancy indexing copies: the split is never mutated
+        xb[~mask[:, i]] = 0
+        inputs[name] = xb
+    return inputs
+
+
+class SemiSupervisedSampler:
+    """Batches of `labeled_batch` labeled rows followed by `unlabeled_batch` unlabeled rows.
+
+    Unlabeled rows come from the training indices not in `labeled_idx`. When
+    every example is labeled (label rate 1.0) the unlabeled rows are drawn
+    from all training indices instead, still marked `is_labeled=False` with
+    labels zeroed, so batch shapes do not depend on the label rate.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        labeled_idx: np.ndarray,
+        *,
+        labeled_batch: int,
+        unlabeled_batch: int,
+        modality_dropout: float,
+        seed: int,
+    ):
+        n = len(split)
+        labeled_idx = np.asarray(labeled_idx, dtype=np.int64)
+        if labeled_idx.ndim != 1 or len(labeled_idx) == 0:
+            raise ValueError("labeled_idx must be a non-empty 1-D index array.")
+        if labeled_idx.min() < 0 or labeled_idx.max() >= n:
+            raise ValueError(f"labeled_idx must lie in [0, {n}).")
+        if len(np.unique(labeled_idx)) != len(labeled_idx):
+            raise ValueError("labeled_idx has duplicate indices.")
+        if labeled_batch < 1 or unlabeled_batch < 0:
+            raise ValueError(
+                f"labeled_batch must be >= 1 and unlabeled_batch >= 0, got "
+                f"{labeled_batch}, {unlabeled_batch}."
+            )
+        if not (0.0 <= modality_dropout < 1.0):
+            raise ValueError(f"data.modality_dropout must be in [0, 1), got {modality_dropout!r}.")
+        self.split = split
+        self.labeled_idx = np.sort(labeled_idx)
+        unlabeled = np.setdiff1d(np.arange(n, dtype=np.int64), self.labeled_idx)
+        self.unlabeled_idx = unlabeled if len(unlabeled) else np.arange(n, dtype=np.int64)
+        self.labeled_batch = int(labeled_batch)
+        self.unlabeled_batch = int(unlabeled_batch)
+        self.batch_size = self.labeled_batch + self.unlabeled_batch
+        self.modality_dropout = float(modality_dropout)
+        self.seed = _check_seed(seed)
+
+    def indices(self, step: int) -> np.ndarray:
+        """(B,) split indices of batch `step` (labeled rows first)."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}.")
+        lab = self.labeled_idx[
+            _stream_indices(
+                len(self.labeled_idx), self.labeled_batch, step, self.seed, _LABELED_STREAM
+            )
+        ]
+        unl = self.unlabeled_idx[
+            _stream_indices(
+                len(self.unlabeled_idx), self.unlabeled_batch, step, self.seed, _UNLABELED_STREAM
+            )
+        ]
+        return np.concatenate([lab, unl])
+
+    def batch(self, step: int) -> dict:
+        """The batch of training step `step`: a pure function of (seed, step)."""
+        rows = self.indices(step)
+        rng = np.random.default_rng((self.seed, _DROPOUT_STREAM, step))
+        mask = modality_dropout_mask(
+            len(rows), self.split.mask.shape[1], self.modality_dropout, rng, self.split.mask[rows]
+        )
+        is_labeled = np.arange(self.batch_size) < self.labeled_batch
+        labels = self.split.labels[rows]
+        # Zero the labels of unlabeled rows so no code path can leak them.
+        labels[~is_labeled] = 0
+        return {
+            "inputs": _gather(self.split, rows, mask),
+            "mask": mask,
+            "labels": labels,
+            "is_labeled": is_labeled,
+        }
+
+
+def iterate_eval_batches(
+    split: Split, batch_size: int, mask: np.ndarray | None = None
+) -> Iterator[dict]:
+    """Fixed-size evaluation batches over the whole split, in order.
+
+    The last batch is padded to `batch_size` so a jitted eval step compiles
+    once; `valid` (B,) marks real rows. Padding rows have zero inputs, zero
+    labels and an all-present mask (an all-absent row could divide by zero in
+    fusion code). `mask` (N, M) is an evaluation missingness pattern, ANDed
+    with the data's own mask; absent modalities get zero inputs.
+
+    Yields dicts {"inputs", "mask", "labels", "valid"}.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    n, m = split.mask.shape
+    full = split.mask if mask is None else split.mask & np.asarray(mask, bool)
+    if full.shape != (n, m):
+        raise ValueError(f"eval mask has shape {np.shape(mask)}, expected {(n, m)}.")
+    for start in range(0, n, batch_size):
+        rows = np.arange(start, min(start + batch_size, n))
+        pad = batch_size - len(rows)
+        mask_b = np.concatenate([full[rows], np.ones((pad, m), bool)])
+        inputs = {
+            name: np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
+            for name, xb in _gather(split, rows, full[rows]).items()
+        }
+        labels = split.labels[rows]
+        labels = np.concatenate([labels, np.zeros((pad, *labels.shape[1:]), labels.dtype)])
+        yield {
+            "inputs": inputs,
+            "mask": mask_b,
+            "labels": labels,
+            "valid": np.arange(batch_size) < len(rows),
+        }

@@ -1,0 +1,282 @@
+"""watch: smartwatch accelerometer + gyroscope, 7 shoulder exercises.
+
+Source: `seglearn/data/watch_dataset.npy` from PyPI `seglearn==1.2.5`
+(BSD-3; Burns et al., arXiv 1802.01489): 140 recordings at 50 Hz, channels
+`ax ay az wx wy wz`, 7 classes x 20 recordings, subjects 1..10.
+
+The tensorflow-datasets builder `robult_watch` cuts each recording into
+windows of WINDOW=100 samples (2 s) with STRIDE=50 (fixed; changing them means
+a new builder VERSION) and stores them as array_record, which tfds reads
+without TensorFlow. Splits are by subject, never by window, because windows
+of one recording overlap: "train" = subjects 1-7, "test" = subjects 8-10.
+
+`load_watch` builds once into the cache directory, then loads every window
+into numpy, holds subject `data.val_subject` out of train as the validation
+split, and standardises each channel with mean / std fitted on the remaining
+training windows only (so no validation or test statistics leak in).
+
+Data config fields read:
+  data_dir:    cache directory (see `registry.resolve_data_dir`).
+  val_subject: training subject held out for validation, 1..7 (default 7).
+  source_path: optional explicit path to a watch_dataset.npy (default None:
+               found inside the installed seglearn package).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from robult_jax.data.registry import resolve_data_dir
+from robult_jax.data.types import Dataset, DatasetSpec, ModalitySpec, Split
+
+WINDOW = 100  # samples per window: 2 s at 50 Hz
+STRIDE = 50  # half-overlapping windows
+CLASS_NAMES = ("PEN", "ABD", "FEL", "IR", "ER", "TRAP", "ROW")
+TRAIN_SUBJECTS = (1, 2, 3, 4, 5, 6, 7)
+TEST_SUBJECTS = (8, 9, 10)
+DEFAULT_VAL_SUBJECT = 7
+MODALITIES = {"acc": slice(0, 3), "gyro": slice(3, 6)}  # channel ranges in the source
+INSTALL_HINT = "pip install --no-deps seglearn==1.2.5 (or `make setup`)"
+
+WATCH_SPEC = DatasetSpec(
+    name="watch",
+    modalities=(
+        ModalitySpec("acc", (WINDOW, 3), "timeseries"),
+        ModalitySpec("gyro", (WINDOW, 3), "timeseries"),
+    ),
+    task="multiclass",
+    num_outputs=len(CLASS_NAMES),
+    class_names=CLASS_NAMES,
+)
+
+
+def find_watch_source() -> str:
+    """Path of seglearn's watch_dataset.npy, found without importing seglearn."""
+    # Why not `import seglearn`: its __init__ pulls in scikit-learn and more;
+    # we only need one data file.
+    spec = importlib.util.find_spec("seglearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"The watch dataset ships inside the seglearn package, which is not installed. "
+            f"Install it with: {INSTALL_HINT}"
+        )
+    path = os.path.join(spec.submodule_search_locations[0], "data", "watch_dataset.npy")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found; reinstall seglearn: {INSTALL_HINT}")
+    return path
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_watch_source(path: str) -> dict[str, Any]:
+    """Reads and checks the pickled dict {X, y, subject, side}."""
+    raw = np.load(path, allow_pickle=True).item()
+    for key in ("X", "y", "subject"):
+        if key not in raw:
+            raise ValueError(f"{path}: missing key {key!r}; expected keys X, y, subject, side.")
+    xs = [np.asarray(x) for x in raw["X"]]
+    y = np.asarray(raw["y"]).astype(np.int64)
+    subject = np.asarray(raw["subject"]).astype(np.int64)
+    if not (len(xs) == len(y) == len(subject)):
+        raise ValueError(
+            f"{path}: X, y, subject lengths differ ({len(xs)}, {len(y)}, {len(subject)})."
+        )
+    for i, x in enumerate(xs):
+        if x.ndim != 2 or x.shape[1] != 6:
+            raise ValueError(f"{path}: X[{i}] has shape {x.shape}; expected (T, 6).")
+    if y.size and (y.min() < 0 or y.max() >= len(CLASS_NAMES)):
+        raise ValueError(f"{path}: y must lie in 0..{len(CLASS_NAMES) - 1}.")
+    allowed = set(TRAIN_SUBJECTS + TEST_SUBJECTS)
+    if not set(subject.tolist()) <= allowed:
+        raise ValueError(f"{path}: subject values must lie in {sorted(allowed)}.")
+    return {"X": xs, "y": y, "subject": subject}
+
+
+def window_starts(length: int) -> range:
+    """Start indices of the WINDOW-long, STRIDE-spaced windows of a recording."""
+    return range(0, length - WINDOW + 1, STRIDE)
+
+
+class RobultWatch(tfds.core.GeneratorBasedBuilder):
+    """tfds builder for the watch windows (array_record, no TensorFlow needed)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": f"Windows of {WINDOW} samples, stride {STRIDE}."}
+
+    def __init__(self, *, source_path: str | None = None, **kwargs: Any):
+        self._source_path = source_path
+        kwargs.setdefault("file_format", "array_record")
+        super().__init__(**kwargs)
+
+    @property
+    def source_path(self) -> str:
+        return self._source_path or find_watch_source()
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        # `dataset_info_from_configs` expects package metadata files; we have none.
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=tfds.features.FeaturesDict(
+                {
+                    "acc": tfds.features.Tensor(shape=(WINDOW, 3), dtype=np.float32),
+                    "gyro": tfds.features.Tensor(shape=(WINDOW, 3), dtype=np.float32),
+                    "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
+                    "subject": tfds.features.Tensor(shape=(), dtype=np.int32),
+                    "recording": tfds.features.Tensor(shape=(), dtype=np.int32),
+                }
+            ),
+            # Keep generation order (recording, then time) so loads are reproducible.
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(),
+            homepage="https://github.com/dmbee/seglearn",
+            citation="Burns et al., Shoulder physiotherapy exercise recognition, arXiv 1802.01489.",
+            license="BSD-3-Clause",
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # local file, nothing to download
+        path = self.source_path
+        data = read_watch_source(path)
+        # Recorded so that a cache built from another file is detected on load.
+        self.info.metadata["source_sha256"] = file_sha256(path)
+        self.info.metadata["window"] = WINDOW
+        self.info.metadata["stride"] = STRIDE
+        return {
+            "train": self._generate_examples(data, TRAIN_SUBJECTS),
+            "test": self._generate_examples(data, TEST_SUBJECTS),
+        }
+
+    def _generate_examples(self, data, subjects) -> Iterator[tuple[str, dict[str, Any]]]:
+        for rec, (x, y, subj) in enumerate(zip(data["X"], data["y"], data["subject"], strict=True)):
+            if subj not in subjects:
+                continue
+            x = x.astype(np.float32)
+            for start in window_starts(len(x)):
+                w = x[start : start + WINDOW]
+                yield (
+                    f"{rec:04d}_{start:06d}",
+                    {
+                        "acc": w[:, MODALITIES["acc"]],
+                        "gyro": w[:, MODALITIES["gyro"]],
+                        "label": int(y),
+                        "subject": np.int32(subj),
+                        "recording": np.int32(rec),
+                    },
+                )
+
+
+def build_watch(data_dir: str, source_path: str | None = None) -> RobultWatch:
+    """Builds the dataset under `data_dir` if needed and returns the builder."""
+    builder = RobultWatch(data_dir=data_dir, source_path=source_path)
+    if builder.is_prepared():
+        _check_source(builder, source_path)
+        return builder
+    # Resolve the source first so a missing seglearn fails with its own message.
+    builder = RobultWatch(data_dir=data_dir, source_path=source_path or find_watch_source())
+    try:
+        builder.download_and_prepare()
+    except Exception as e:
+        # tfds writes into a temporary `*.incomplete*` directory and renames it
+        # only on success, so a failed build normally leaves nothing behind.
+        e.add_note(
+            f"Building the watch dataset failed; if {builder.data_dir} exists, "
+            f"delete it before retrying."
+        )
+        raise
+    return builder
+
+
+def _check_source(builder: RobultWatch, source_path: str | None) -> None:
+    built_from = builder.info.metadata.get("source_sha256")
+    try:
+        path = source_path or find_watch_source()
+    except (ModuleNotFoundError, FileNotFoundError):
+        return  # already built; the source is not needed to load it
+    if built_from != file_sha256(path):
+        raise ValueError(
+            f"The cached watch dataset in {builder.data_dir} was built from a different "
+            f"source file than {path}. Delete {builder.data_dir} to rebuild it."
+        )
+
+
+def _load_split(builder: RobultWatch, split: str) -> dict[str, np.ndarray]:
+    source = builder.as_data_source(split)
+    # One batched read: per-item reads cost a Python round trip each.
+    examples = source.__getitems__(list(range(len(source))))
+    keys = ("acc", "gyro", "label", "subject", "recording")
+    if not examples:
+        return {
+            "acc": np.zeros((0, WINDOW, 3), np.float32),
+            "gyro": np.zeros((0, WINDOW, 3), np.float32),
+            **{k: np.zeros((0,), np.int32) for k in keys[2:]},
+        }
+    return {k: np.stack([np.asarray(ex[k]) for ex in examples]) for k in keys}
+
+
+def _to_split(arrays: dict[str, np.ndarray], rows: np.ndarray) -> Split:
+    inputs = {name: arrays[name][rows].astype(np.float32) for name in MODALITIES}
+    labels = arrays["label"][rows].astype(np.int32)
+    # The watch recordings are complete: every modality is present.
+    mask = np.ones((len(labels), len(MODALITIES)), dtype=bool)
+    return Split(inputs=inputs, labels=labels, mask=mask)
+
+
+def fit_normaliser(split: Split) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-channel (mean, std) of each modality over all windows and time steps."""
+    stats = {}
+    for name, x in split.inputs.items():
+        x64 = x.reshape(-1, x.shape[-1]).astype(np.float64)
+        # Floor on std: a constant channel would otherwise divide by zero.
+        stats[name] = (x64.mean(axis=0), np.maximum(x64.std(axis=0), 1e-6))
+    return stats
+
+
+def apply_normaliser(split: Split, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> Split:
+    inputs = {
+        name: ((x - stats[name][0]) / stats[name][1]).astype(np.float32)
+        for name, x in split.inputs.items()
+    }
+    return Split(inputs=inputs, labels=split.labels, mask=split.mask)
+
+
+def load_watch(data_config: Any, *, source_path: str | None = None) -> Dataset:
+    """Builds (once) and loads the watch dataset as numpy train/validation/test."""
+    val_subject = getattr(data_config, "val_subject", DEFAULT_VAL_SUBJECT)
+    if val_subject not in TRAIN_SUBJECTS:
+        raise ValueError(
+            f"data.val_subject is {val_subject!r}; allowed: one of the training subjects "
+            f"{TRAIN_SUBJECTS}."
+        )
+    source_path = source_path or getattr(data_config, "source_path", None) or None
+    builder = build_watch(resolve_data_dir(data_config), source_path)
+
+    train_all = _load_split(builder, "train")
+    test_all = _load_split(builder, "test")
+    is_val = train_all["subject"] == val_subject
+    train = _to_split(train_all, np.flatnonzero(~is_val))
+    validation = _to_split(train_all, np.flatnonzero(is_val))
+    test = _to_split(test_all, np.arange(len(test_all["label"])))
+
+    if len(train) == 0:
+        raise ValueError(f"No training windows left after holding out subject {val_subject}.")
+    stats = fit_normaliser(train)  # training windows only
+    return Dataset(
+        spec=WATCH_SPEC,
+        train=apply_normaliser(train, stats),
+        validation=apply_normaliser(validation, stats),
+        test=apply_normaliser(test, stats),
+    )
