@@ -1,0 +1,238 @@
+"""Missing-modality protocols as data: subsets, random masks, hashes, files.
+
+Every evaluation condition of method.md section 5 is a presence mask
+`mask_NxM` (bool, True = present). This module builds those masks with pure
+numpy from explicit seeds, names them, hashes them (so a results file can say
+exactly which masks produced its numbers) and stores them in a single `.npz`.
+
+Shape legend: N samples, M modalities, S subsets (2**M - 1).
+
+    >>> all_subsets(2).astype(int).tolist()
+    [[1, 0], [0, 1], [1, 1]]
+    >>> subset_name(all_subsets(2)[2], ("acc", "gyro"))
+    'acc+gyro'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+# Why a cap: 2**M - 1 subsets are evaluated one by one; beyond this the
+# protocol is no longer an exhaustive sweep anyone would run.
+_MAX_SUBSET_MODALITIES = 16
+_META_KEY = "__meta__"
+_FORMAT_VERSION = 1
+
+
+def _check_m(m: int, field: str = "m") -> int:
+    if isinstance(m, bool) or not isinstance(m, int | np.integer) or m < 1:
+        raise ValueError(f"{field} must be an integer >= 1, got {m!r}")
+    return int(m)
+
+
+def _check_n(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
+        raise ValueError(f"n must be an integer >= 0, got {n!r}")
+    return int(n)
+
+
+def _check_rate(rate: float, field: str) -> float:
+    r = float(rate)
+    if not math.isfinite(r) or not 0.0 <= r < 1.0:
+        raise ValueError(f"{field} must be in [0, 1) (at least one modality is kept), got {rate!r}")
+    return r
+
+
+def all_subsets(m: int) -> np.ndarray:
+    """Every non-empty subset of `m` modalities as a `(2**m - 1, m)` bool array.
+
+    Ordered by subset size, then lexicographically by the indices of the
+    present modalities (the order of `itertools.combinations`), so row 0..m-1
+    are the single modalities and the last row is the full set.
+    """
+    m = _check_m(m)
+    if m > _MAX_SUBSET_MODALITIES:
+        raise ValueError(f"m must be <= {_MAX_SUBSET_MODALITIES} for all_subsets, got {m}")
+    rows = []
+    for size in range(1, m + 1):
+        for idx in itertools.combinations(range(m), size):
+            row = np.zeros(m, dtype=bool)
+            row[list(idx)] = True
+            rows.append(row)
+    return np.stack(rows)
+
+
+def subset_name(row: np.ndarray | Sequence[bool], names: Sequence[str]) -> str:
+    """`"acc+gyro"`: the names of the present modalities in `row`, joined by '+'."""
+    row = np.asarray(row)
+    if row.shape != (len(names),):
+        raise ValueError(f"row has shape {row.shape} but there are {len(names)} modality names")
+    present = [name for name, keep in zip(names, row.astype(bool), strict=True) if keep]
+    if not present:
+        raise ValueError("row has no present modality; subsets must be non-empty")
+    return "+".join(present)
+
+
+def _keep_at_least_one(mask_NxM: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    n, m = mask_NxM.shape
+    # Why draw for every row (not only the empty ones): the random stream then
+    # does not depend on which rows happened to be empty, so masks for the
+    # same seed at different rates share their random numbers.
+    keep_N = rng.integers(0, m, size=n)
+    empty_N = ~mask_NxM.any(axis=1)
+    mask_NxM[np.nonzero(empty_N)[0], keep_N[empty_N]] = True
+    return mask_NxM
+
+
+def random_missing(n: int, m: int, rate: float, seed: int) -> np.ndarray:
+    """Per-sample MCAR presence mask `(n, m)` bool; at least one modality per row.
+
+    Each modality of each sample is absent independently with probability
+    `rate`; a row that would lose every modality keeps one, chosen uniformly.
+    The realised missing rate is therefore `rate - rate**m / m` in
+    expectation (slightly below `rate` for large rates and small m).
+
+    Uses common random numbers: for one seed, the uniform draws are the same
+    at every rate, so curves over rates are not noisier than they need to be.
+    """
+    n, m = _check_n(n), _check_m(m)
+    rate = _check_rate(rate, "eval.missing_rates")
+    rng = np.random.default_rng(seed)
+    mask_NxM = rng.random((n, m)) >= rate
+    return _keep_at_least_one(mask_NxM, rng)
+
+
+def per_modality_missing(n: int, rates_M: Sequence[float], seed: int) -> np.ndarray:
+    """Like `random_missing` but modality i is absent with probability `rates_M[i]`."""
+    n = _check_n(n)
+    rates = [_check_rate(r, f"rates_M[{i}]") for i, r in enumerate(rates_M)]
+    _check_m(len(rates), "len(rates_M)")
+    rng = np.random.default_rng(seed)
+    mask_NxM = rng.random((n, len(rates))) >= np.asarray(rates)[None, :]
+    return _keep_at_least_one(mask_NxM, rng)
+
+
+def mask_hash(mask: np.ndarray) -> str:
+    """First 16 hex digits of sha256 over the shape and the packed bits of `mask`.
+
+    The shape is part of the digest because `np.packbits` pads to whole bytes,
+    so two masks of different shapes could otherwise pack to equal bytes.
+    """
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_:
+        raise ValueError(f"mask must have dtype bool, got {mask.dtype}")
+    digest = hashlib.sha256()
+    digest.update(repr(tuple(int(d) for d in mask.shape)).encode())
+    digest.update(np.packbits(np.ascontiguousarray(mask), axis=None).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def rate_key(rate: float) -> str:
+    """Canonical text for a missing rate: 0.0 -> "0.0", 0.3 -> "0.3"."""
+    text = f"{float(rate):.6g}"
+    return text if ("." in text or "e" in text) else text + ".0"
+
+
+def missing_protocol(
+    n: int, m: int, *, rates: Sequence[float], seeds: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """Named random-missing masks `{"rate=0.3/seed=1": (n, m) bool}` for evaluation.
+
+    One mask per (rate, seed), rates outer, seeds inner, in the given order.
+    """
+    if not rates or not seeds:
+        raise ValueError(f"rates and seeds must be non-empty, got {rates!r} and {seeds!r}")
+    masks: dict[str, np.ndarray] = {}
+    for rate in rates:
+        for seed in seeds:
+            name = f"rate={rate_key(rate)}/seed={int(seed)}"
+            if name in masks:
+                raise ValueError(f"duplicate (rate, seed) in missing protocol: {name}")
+            masks[name] = random_missing(n, m, rate, int(seed))
+    return masks
+
+
+def _atomic_write(path: str | os.PathLike, write_fn) -> None:
+    """Write through `write_fn(fileobj)` to a temp file, then rename over `path`.
+
+    Why: a crash mid-write leaves the old file (or none), never a truncated one.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_masks(
+    path: str | os.PathLike, masks: Mapping[str, np.ndarray], meta: Mapping[str, Any]
+) -> None:
+    """Save named bool masks plus a JSON-able `meta` dict into one `.npz` (atomically).
+
+    Arrays are stored under neutral keys (`mask_000`, ...) because mask names
+    such as "rate=0.3/seed=1" contain characters that zip member names mangle;
+    names, shapes and hashes live in a JSON string under `__meta__`.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    entries = []
+    for i, (name, mask) in enumerate(masks.items()):
+        mask = np.asarray(mask)
+        if mask.dtype != np.bool_ or mask.ndim != 2:
+            raise ValueError(
+                f"mask {name!r} must be a 2-D bool array, got {mask.dtype} {mask.shape}"
+            )
+        key = f"mask_{i:03d}"
+        arrays[key] = mask
+        entries.append(
+            {"name": name, "key": key, "shape": list(mask.shape), "hash": mask_hash(mask)}
+        )
+    try:
+        meta_json = json.dumps(
+            {"format": _FORMAT_VERSION, "meta": dict(meta), "masks": entries}, sort_keys=True
+        )
+    except TypeError as e:
+        raise ValueError(f"meta must be JSON-serialisable: {e}") from e
+    arrays[_META_KEY] = np.array(meta_json)
+    _atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def load_masks(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Load `(masks, meta)` written by `save_masks`, verifying every stored hash.
+
+    Raises ValueError naming the file if it is unreadable, incomplete, or if a
+    mask no longer matches the hash recorded when it was saved.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            header = json.loads(str(data[_META_KEY][()]))
+            masks = {}
+            for entry in header["masks"]:
+                mask = np.asarray(data[entry["key"]])
+                if mask.dtype != np.bool_ or list(mask.shape) != entry["shape"]:
+                    raise ValueError(f"mask {entry['name']!r} has wrong dtype/shape")
+                if mask_hash(mask) != entry["hash"]:
+                    raise ValueError(
+                        f"mask {entry['name']!r} hash {mask_hash(mask)} != stored {entry['hash']}"
+                    )
+                masks[entry["name"]] = mask
+            meta = header["meta"]
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # a damaged zip can fail in many library-specific ways
+        raise ValueError(f"corrupt or mismatched mask file {os.fspath(path)!r}: {e}") from e
+    return masks, meta

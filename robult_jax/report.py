@@ -1,0 +1,337 @@
+"""Results files: one run's JSON/Markdown/PNG, seed aggregation, method comparison.
+
+A *results* dict is JSON-able: top-level provenance fields (dataset, variant,
+method, label_rate, seeds, commit, mask hashes, ...) plus two sections
+
+    {"subsets":        {"acc+gyro": {"accuracy": 0.81, "macro_f1": 0.79}, ...},
+     "random_missing": {"0.3":      {"accuracy": 0.77, ...}, ...}}
+
+where a metric value is a float (one run) or `{"mean", "std", "values"}`
+(aggregated over seeds by `aggregate_runs`). Keys of `random_missing` are rate
+strings (`masks.rate_key`). Every file is written to a temp file and renamed
+into place, so a crash never leaves a truncated results file behind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from robult_jax.metrics import mean_std
+
+SECTIONS = ("subsets", "random_missing")
+_log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _to_jsonable(obj: Any) -> Any:
+    """numpy scalars/arrays -> Python, recursively (json cannot encode them)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _check_results(results: Mapping[str, Any]) -> None:
+    for section in SECTIONS:
+        if not isinstance(results.get(section), Mapping):
+            raise ValueError(
+                f"results[{section!r}] must be a dict of condition -> metrics; "
+                f"required sections are {SECTIONS}"
+            )
+
+
+def _provenance(results: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in results.items() if k not in SECTIONS}
+
+
+def _mean_std_of(value: Any) -> tuple[float, float | None]:
+    if isinstance(value, Mapping):
+        return float(value["mean"]), float(value["std"])
+    return float(value), None
+
+
+def _cell(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    mean, std = _mean_std_of(value)
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} +/- {std:.{digits}f}"
+
+
+def _sorted_rates(section: Mapping[str, Any]) -> list[tuple[float, str]]:
+    return sorted((float(k), k) for k in section)
+
+
+def _metric_names(results: Mapping[str, Any]) -> list[str]:
+    names: list[str] = []
+    for section in SECTIONS:
+        for metrics in results[section].values():
+            names.extend(m for m in metrics if m not in names)
+    return names
+
+
+def _new_figure(width: float, height: float, ncols: int = 1):
+    # Why Figure + FigureCanvasAgg instead of pyplot: no global backend switch,
+    # no figure registry to leak, safe inside notebooks and threads.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+
+
+def _png_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=120)
+    return buf.getvalue()
+
+
+def _plot_rate_curve(ax, section: Mapping[str, Any], metric: str, label: str) -> bool:
+    points = [(r, section[k][metric]) for r, k in _sorted_rates(section) if metric in section[k]]
+    if not points:
+        return False
+    xs = [r for r, _ in points]
+    ms = [_mean_std_of(v) for _, v in points]
+    yerr = [s if s is not None else 0.0 for _, s in ms]
+    ax.errorbar(
+        xs, [m for m, _ in ms], yerr=yerr if any(yerr) else None, marker="o", capsize=3, label=label
+    )
+    return True
+
+
+# ------------------------------------------------------------- single run
+
+
+def results_markdown(results: Mapping[str, Any], *, digits: int = 3) -> str:
+    """Markdown: provenance list, then one table row per subset and per missing rate."""
+    _check_results(results)
+    lines = [f"# Results: {results.get('dataset', '?')} / {results.get('method', '?')}", ""]
+    for key, value in _provenance(results).items():
+        text = value if isinstance(value, str) else json.dumps(_to_jsonable(value))
+        lines.append(f"- **{key}**: {text}")
+    metrics = _metric_names(results)
+    lines += ["", "| condition | " + " | ".join(metrics) + " |"]
+    lines.append("|---" * (len(metrics) + 1) + "|")
+    rows = [(f"subset {name}", m) for name, m in results["subsets"].items()]
+    rows += [
+        (f"missing rate {k}", results["random_missing"][k])
+        for _, k in _sorted_rates(results["random_missing"])
+    ]
+    for label, values in rows:
+        cells = [_cell(values.get(m), digits) for m in metrics]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_results_png(results: Mapping[str, Any], metric: str) -> bytes:
+    subsets = results["subsets"]
+    fig, axes = _new_figure(11, 4 + 0.12 * len(subsets), ncols=2)
+    ax = axes[0]
+    if not _plot_rate_curve(
+        ax, results["random_missing"], metric, str(results.get("method", "run"))
+    ):
+        ax.text(0.5, 0.5, f"no {metric} under random missingness", ha="center", va="center")
+    ax.set(xlabel="missing rate", ylabel=metric, title=f"{metric} vs missing rate")
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    names = [n for n in subsets if metric in subsets[n]]
+    if names:
+        ms = [_mean_std_of(subsets[n][metric]) for n in names]
+        xerr = [s if s is not None else 0.0 for _, s in ms]
+        ax.barh(range(len(names)), [m for m, _ in ms], xerr=xerr if any(xerr) else None)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.invert_yaxis()
+    ax.set(xlabel=metric, title="present modalities")
+    return _png_bytes(fig)
+
+
+def write_results(
+    workdir: str | os.PathLike, results: Mapping[str, Any], *, metric: str = "accuracy"
+) -> dict[str, str]:
+    """Write `results.json`, `results.md` and `results.png` into `workdir`, atomically.
+
+    Replacing a `results.json` whose provenance differs (another run) is
+    logged as a warning rather than done silently. Returns the three paths.
+    """
+    _check_results(results)
+    results = _to_jsonable(results)
+    paths = {ext: os.path.join(workdir, f"results.{ext}") for ext in ("json", "md", "png")}
+    if os.path.exists(paths["json"]):
+        try:
+            with open(paths["json"]) as f:
+                old = _provenance(json.load(f))
+        except (OSError, ValueError):
+            old = None
+        if old != _provenance(results):
+            _log.warning("replacing %s written by another run (provenance %s)", paths["json"], old)
+    payload = json.dumps(results, indent=2, allow_nan=True) + "\n"
+    _atomic_write_bytes(paths["json"], payload.encode())
+    _atomic_write_bytes(paths["md"], results_markdown(results).encode())
+    _atomic_write_bytes(paths["png"], _plot_results_png(results, metric))
+    return paths
+
+
+# ------------------------------------------------------ seeds and methods
+
+
+def _run_values(value: Any) -> list[float]:
+    # An already-aggregated value contributes its per-seed values, so
+    # aggregating aggregates pools seeds instead of averaging means.
+    if isinstance(value, Mapping):
+        return [float(v) for v in value["values"]]
+    return [float(value)]
+
+
+def aggregate_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean +/- population std (`metrics.mean_std`) over runs, for every metric.
+
+    All runs must have the same conditions and metrics. Provenance fields equal
+    in every run are kept; fields that differ (e.g. `seed`, `commit`) become the
+    list of per-run values; `num_runs` is added.
+    """
+    if not runs:
+        raise ValueError("aggregate_runs needs at least one results dict")
+    for r in runs:
+        _check_results(r)
+    first = runs[0]
+    out: dict[str, Any] = {}
+    keys = [k for r in runs for k in _provenance(r)]
+    for key in dict.fromkeys(keys):
+        vals = [_to_jsonable(r.get(key)) for r in runs]
+        same = all(
+            json.dumps(v, sort_keys=True) == json.dumps(vals[0], sort_keys=True) for v in vals
+        )
+        out[key] = vals[0] if same else vals
+    out["num_runs"] = len(runs)
+    for section in SECTIONS:
+        out[section] = {}
+        for cond, metrics in first[section].items():
+            out[section][cond] = {}
+            for metric in metrics:
+                pooled: list[float] = []
+                for i, r in enumerate(runs):
+                    try:
+                        pooled += _run_values(r[section][cond][metric])
+                    except KeyError as e:
+                        raise ValueError(
+                            f"run {i} lacks results[{section!r}][{cond!r}][{metric!r}]; "
+                            "all runs must share conditions and metrics"
+                        ) from e
+                mean, std = mean_std(pooled)
+                out[section][cond][metric] = {"mean": mean, "std": std, "values": pooled}
+        for i, r in enumerate(runs):
+            extra = set(r[section]) - set(first[section])
+            if extra:
+                raise ValueError(f"run {i} has extra {section} conditions {sorted(extra)}")
+    return out
+
+
+def _find_rate(section: Mapping[str, Any], rate: float) -> str | None:
+    for r, key in _sorted_rates(section):
+        if math.isclose(r, rate, abs_tol=1e-9):
+            return key
+    return None
+
+
+def comparison_table(
+    runs_by_method: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    metric: str = "accuracy",
+    rates: Sequence[float] = (0.0, 0.5),
+    digits: int = 3,
+) -> str:
+    """Markdown table: rows = subsets then `rates`, columns = methods.
+
+    Each cell is "mean +/- std" of `metric` over that method's runs, "n/a" when
+    the method lacks the condition.
+    """
+    if not runs_by_method:
+        raise ValueError("runs_by_method must name at least one method")
+    agg = {method: aggregate_runs(runs) for method, runs in runs_by_method.items()}
+    subsets = list(dict.fromkeys(s for a in agg.values() for s in a["subsets"]))
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for name in subsets:
+        rows.append((f"subset {name}", {m: a["subsets"].get(name) for m, a in agg.items()}))
+    for rate in rates:
+        cells = {}
+        for m, a in agg.items():
+            key = _find_rate(a["random_missing"], rate)
+            cells[m] = None if key is None else a["random_missing"][key]
+        rows.append((f"missing rate {rate:g}", cells))
+    lines = [f"| {metric} | " + " | ".join(agg) + " |", "|---" * (len(agg) + 1) + "|"]
+    for label, cells in rows:
+        texts = [_cell(None if c is None else c.get(metric), digits) for c in cells.values()]
+        lines.append(f"| {label} | " + " | ".join(texts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(
+    path: str | os.PathLike,
+    runs_by_method: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    metric: str = "accuracy",
+) -> None:
+    """PNG of `metric` vs missing rate: one line per method, error bars = std over runs."""
+    if not runs_by_method:
+        raise ValueError("runs_by_method must name at least one method")
+    fig, (ax,) = _new_figure(6, 4)
+    for method, runs in runs_by_method.items():
+        _plot_rate_curve(ax, aggregate_runs(runs)["random_missing"], metric, method)
+    ax.set(xlabel="missing rate", ylabel=metric, title=f"{metric} vs missing rate")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _atomic_write_bytes(path, _png_bytes(fig))
+
+
+def git_commit(path: str | os.PathLike | None = None) -> str:
+    """Short HEAD hash of the repository holding `path` (default: this package).
+
+    Adds "+dirty" when tracked files have uncommitted changes (untracked files,
+    such as run outputs, do not count); "unknown" outside git or without git.
+    """
+    cwd = os.fspath(path) if path is not None else os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", cwd, *args], capture_output=True, text=True, timeout=10)
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr)
+        return out.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, RuntimeError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")

@@ -1,0 +1,199 @@
+"""Tests for robult_jax.metrics and robult_jax.report (hand-computed values)."""
+
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from robult_jax import metrics, report
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_accuracy():
+    assert metrics.accuracy(np.array([0, 1, 2, 2]), np.array([0, 1, 1, 2])) == 0.75
+    with pytest.raises(ValueError, match="shape"):
+        metrics.accuracy(np.array([0, 1]), np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="empty"):
+        metrics.accuracy(np.array([], int), np.array([], int))
+
+
+def test_confusion_matrix():
+    cm = metrics.confusion_matrix(np.array([0, 1, 1]), np.array([0, 0, 1]), 2)
+    np.testing.assert_array_equal(cm, [[1, 1], [0, 1]])
+    with pytest.raises(ValueError, match=r"y_N must be in \[0, 2\)"):
+        metrics.confusion_matrix(np.array([0, 1]), np.array([0, 2]), 2)
+
+
+def test_macro_f1_by_hand():
+    y = np.array([0, 0, 0, 1, 1, 2])
+    pred = np.array([0, 0, 1, 1, 2, 2])
+    # class 0: tp=2 fp=0 fn=1 -> 4/5; class 1: tp=1 fp=1 fn=1 -> 2/4;
+    # class 2: tp=1 fp=1 fn=0 -> 2/3; class 3 never occurs -> excluded.
+    expected = (4 / 5 + 2 / 4 + 2 / 3) / 3
+    assert math.isclose(metrics.macro_f1(pred, y, num_classes=4), expected)
+
+
+def test_macro_f1_predicted_only_class_counts_as_zero():
+    # class 0: tp=1 fp=0 fn=1 -> 2/3; class 1 predicted but never true -> F1 0.
+    assert math.isclose(metrics.macro_f1(np.array([0, 1]), np.array([0, 0]), 2), 1 / 3)
+
+
+def test_macro_f1_perfect():
+    y = np.array([2, 0, 1, 2])
+    assert metrics.macro_f1(y, y, 5) == 1.0
+
+
+def test_classification_metrics():
+    logits = np.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0]])
+    y = np.array([0, 1, 2, 2])
+    out = metrics.classification_metrics(logits, y)
+    assert out["accuracy"] == 0.75
+    # class 0: 1; class 1: tp=1 fp=1 fn=0 -> 2/3; class 2: tp=1 fp=0 fn=1 -> 2/3.
+    assert math.isclose(out["macro_f1"], (1 + 2 / 3 + 2 / 3) / 3)
+    with pytest.raises(ValueError, match="logits_NxC"):
+        metrics.classification_metrics(logits, y[:3])
+
+
+def test_multilabel_and_regression_metrics():
+    logits = np.array([[1.0, -1.0], [1.0, 1.0]])
+    y = np.array([[1.0, 0.0], [0.0, 1.0]])
+    out = metrics.task_metrics(logits, y, task="multilabel")
+    assert out["accuracy"] == 0.75
+    # label 0: tp=1 fp=1 -> 2/3; label 1: tp=1 -> 1; micro: tp=2 fp=1 -> 4/5.
+    assert math.isclose(out["macro_f1"], (2 / 3 + 1) / 2)
+    assert math.isclose(out["micro_f1"], 4 / 5)
+    reg = metrics.task_metrics(np.array([[1.0], [3.0]]), np.array([2.0, 2.0]), task="regression")
+    assert reg == {"mae": 1.0, "mse": 1.0}
+    with pytest.raises(ValueError, match="multiclass"):
+        metrics.task_metrics(logits, y, task="ranking")
+
+
+def test_mean_std_population():
+    mean, std = metrics.mean_std([0.8, 0.9, 1.0])
+    assert math.isclose(mean, 0.9)
+    assert math.isclose(std, math.sqrt(0.02 / 3))  # ddof=0
+    assert metrics.mean_std([0.5]) == (0.5, 0.0)
+    with pytest.raises(ValueError, match="non-empty"):
+        metrics.mean_std([])
+
+
+# ----------------------------------------------------------------- report
+
+
+def _run(acc_full: float, acc_rate: float, seed: int) -> dict:
+    return {
+        "dataset": "toy",
+        "method": "robult",
+        "label_rate": 0.1,
+        "seed": seed,
+        "mask_hashes": {"rate=0.5/seed=0": "0123456789abcdef"},
+        "subsets": {
+            "acc": {"accuracy": acc_full - 0.2, "macro_f1": 0.5},
+            "acc+gyro": {"accuracy": acc_full, "macro_f1": 0.7},
+        },
+        "random_missing": {
+            "0.0": {"accuracy": acc_full, "macro_f1": 0.7},
+            "0.5": {"accuracy": acc_rate, "macro_f1": 0.6},
+        },
+    }
+
+
+def test_write_results_files(tmp_path):
+    results = _run(0.9, 0.7, seed=0)
+    results["label_rate"] = np.float32(0.25)  # numpy scalars must serialise
+    paths = report.write_results(tmp_path, results)
+    with open(paths["json"]) as f:
+        loaded = json.load(f)
+    assert loaded["subsets"] == results["subsets"]
+    assert loaded["label_rate"] == 0.25
+    md = open(paths["md"]).read()
+    assert "- **dataset**: toy" in md
+    assert "| subset acc+gyro | 0.900 | 0.700 |" in md
+    assert "| missing rate 0.5 | 0.700 | 0.600 |" in md
+    assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+
+
+def test_write_results_aggregated_and_warns_on_other_run(tmp_path, caplog):
+    agg = report.aggregate_runs([_run(0.8, 0.6, 0), _run(1.0, 0.8, 1)])
+    report.write_results(tmp_path, agg)
+    md = open(tmp_path / "results.md").read()
+    assert "| subset acc+gyro | 0.900 +/- 0.100 |" in md
+    assert open(tmp_path / "results.png", "rb").read(4) == b"\x89PNG"
+    with caplog.at_level(logging.WARNING):
+        report.write_results(tmp_path, _run(0.5, 0.5, seed=9))
+    assert "another run" in caplog.text
+
+
+def test_write_results_requires_sections(tmp_path):
+    with pytest.raises(ValueError, match="random_missing"):
+        report.write_results(tmp_path, {"subsets": {}})
+
+
+def test_aggregate_runs():
+    agg = report.aggregate_runs([_run(0.8, 0.5, 0), _run(0.9, 0.6, 1), _run(1.0, 0.7, 2)])
+    cell = agg["subsets"]["acc+gyro"]["accuracy"]
+    assert math.isclose(cell["mean"], 0.9)
+    assert math.isclose(cell["std"], math.sqrt(0.02 / 3))
+    np.testing.assert_allclose(cell["values"], [0.8, 0.9, 1.0])
+    assert math.isclose(agg["random_missing"]["0.5"]["accuracy"]["mean"], 0.6)
+    assert agg["seed"] == [0, 1, 2]  # differing provenance -> per-run list
+    assert agg["dataset"] == "toy" and agg["num_runs"] == 3
+    # Aggregating aggregates pools the per-seed values.
+    again = report.aggregate_runs([agg, _run(0.6, 0.5, 3)])
+    assert again["subsets"]["acc+gyro"]["accuracy"]["values"] == pytest.approx([0.8, 0.9, 1, 0.6])
+
+
+def test_aggregate_runs_mismatched_conditions():
+    bad = _run(0.8, 0.5, 1)
+    del bad["random_missing"]["0.5"]
+    with pytest.raises(ValueError, match="run 1 lacks"):
+        report.aggregate_runs([_run(0.8, 0.5, 0), bad])
+
+
+def test_comparison_table():
+    runs = {
+        "robult": [_run(0.8, 0.5, 0), _run(0.9, 0.6, 1), _run(1.0, 0.7, 2)],
+        "supervised": [_run(0.5, 0.25, 0)],
+    }
+    table = report.comparison_table(runs, rates=(0.0, 0.5, 0.9))
+    lines = table.splitlines()
+    assert lines[0] == "| accuracy | robult | supervised |"
+    assert "| subset acc | 0.700 +/- 0.082 | 0.300 +/- 0.000 |" in lines
+    assert "| subset acc+gyro | 0.900 +/- 0.082 | 0.500 +/- 0.000 |" in lines
+    assert "| missing rate 0.5 | 0.600 +/- 0.082 | 0.250 +/- 0.000 |" in lines
+    assert "| missing rate 0.9 | n/a | n/a |" in lines
+    f1 = report.comparison_table(runs, metric="macro_f1", rates=(0.5,))
+    assert "| missing rate 0.5 | 0.600 +/- 0.000 | 0.600 +/- 0.000 |" in f1
+
+
+def test_plot_comparison(tmp_path):
+    runs = {"a": [_run(0.8, 0.5, 0), _run(0.9, 0.6, 1)], "b": [_run(0.6, 0.4, 0)]}
+    path = tmp_path / "sub" / "cmp.png"
+    report.plot_comparison(path, runs)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_git_commit(tmp_path):
+    assert report.git_commit(tmp_path) == "unknown"
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "f.txt").write_text("a")
+    subprocess.run([*git, "add", "f.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert report.git_commit(tmp_path) == head
+    (tmp_path / "untracked.txt").write_text("u")  # run outputs do not make it dirty
+    assert report.git_commit(tmp_path) == head
+    (tmp_path / "f.txt").write_text("b")
+    assert report.git_commit(tmp_path) == head + "+dirty"
