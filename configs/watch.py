@@ -65,6 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.progress_bar = True
 
     config.eval = ml_collections.ConfigDict()
+    config.eval.split = "test"  # final evaluation split; "validation" while tuning
     config.eval.batch_size = 512  # fixed (padded) so evaluation compiles once
     config.eval.missing_rates = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     config.eval.mask_seeds = (0, 1, 2)  # random-missingness masks averaged over these seeds

@@ -61,6 +61,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             0.0 <= rate < 1.0,
             f"eval.missing_rates contains {rate}, outside [0, 1) (one modality is always kept).",
         )
+    _check(
+        config.eval.split in ("test", "validation"),
+        f"eval.split={config.eval.split!r} is not one of test, validation.",
+    )
     _check(len(config.eval.mask_seeds) >= 1, "eval.mask_seeds must name at least one seed.")
 
 

@@ -178,7 +178,7 @@ def train_and_evaluate(
 
 def _final_evaluation(config, dataset, predict, params, eval_kw) -> dict:
     spec = dataset.spec
-    test = dataset.test
+    test = {"test": dataset.test, "validation": dataset.validation}[config.eval.split]
     subsets = evaluate.evaluate_subsets(predict, params, test, spec, **eval_kw)
     random_missing, hashes = evaluate.evaluate_random_missing(
         predict,
@@ -193,7 +193,7 @@ def _final_evaluation(config, dataset, predict, params, eval_kw) -> dict:
         "dataset": spec.name,
         "variant": getattr(spec, "variant", spec.name),
         "method": config.method,
-        "split": "test",
+        "split": config.eval.split,
         "label_rate": config.data.label_rate,
         "seed": config.seed,
         "mask_seeds": list(config.eval.mask_seeds),
