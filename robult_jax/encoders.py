@@ -1,0 +1,158 @@
+"""Per-modality encoders f_i and the small MLP block shared by all heads.
+
+Each encoder maps one modality's per-sample input to a latent vector h_i in
+R^D (method.md section 2). The encoder of a modality is chosen by name in
+`config.model.encoders`; a modality without an entry gets a default by kind.
+
+Shape legend: B batch, D latent width, H hidden width, T time steps,
+F features per time step, X/Y image height/width, Ch channels.
+
+Only per-sample normalisation (LayerNorm) is used, never BatchNorm: batch
+statistics would let one sample (or an absent modality's zero inputs) change
+another sample's encoding, and would add mutable state to every apply.
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+
+ENCODER_NAMES = ("mlp", "cnn1d", "cnn2d")
+
+# Default encoder per modality kind. "sequence" (padded variable-length) uses
+# the 1-D CNN until dedicated sequence encoders exist; padded steps are zeros.
+DEFAULT_ENCODER_BY_KIND = {
+    "vector": "mlp",
+    "timeseries": "cnn1d",
+    "image": "cnn2d",
+    "sequence": "cnn1d",
+}
+
+
+class MLP(nn.Module):
+    """Dense -> [LayerNorm] -> gelu -> [dropout], repeated, then a linear output layer."""
+
+    hidden_dims: Sequence[int]
+    out_dim: int
+    dropout_rate: float = 0.0
+    layer_norm: bool = False
+
+    @nn.compact
+    def __call__(self, x_BxI: jax.Array, *, train: bool = False) -> jax.Array:
+        x = x_BxI
+        for width in self.hidden_dims:
+            x = nn.Dense(width)(x)
+            if self.layer_norm:
+                x = nn.LayerNorm()(x)
+            x = nn.gelu(x)
+            # Dropout is a no-op (and needs no rng) when rate == 0 or not training.
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return nn.Dense(self.out_dim)(x)
+
+
+class MLPEncoder(nn.Module):
+    """Vectors (or anything): flatten, then a 2-hidden-layer MLP with LayerNorm."""
+
+    latent_dim: int
+    hidden_dim: int = 128
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x_Bx_: jax.Array, *, train: bool = False) -> jax.Array:
+        x_BxI = x_Bx_.reshape(x_Bx_.shape[0], -1)
+        mlp = MLP(
+            hidden_dims=(self.hidden_dim, self.hidden_dim),
+            out_dim=self.latent_dim,
+            dropout_rate=self.dropout_rate,
+            layer_norm=True,
+        )
+        return mlp(x_BxI, train=train)
+
+
+class CNN1DEncoder(nn.Module):
+    """Time series (T, F) or (T,): strided Conv1D stack, mean pool over time, dense to D."""
+
+    latent_dim: int
+    features: Sequence[int] = (32, 64, 64)
+    kernel_size: int = 5
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x_BxT_: jax.Array, *, train: bool = False) -> jax.Array:
+        x_BxTxF = x_BxT_[..., None] if x_BxT_.ndim == 2 else x_BxT_
+        x = x_BxTxF
+        for width in self.features:
+            # Stride 2 halves T per layer: cheap downsampling without a pooling op.
+            x = nn.Conv(width, kernel_size=(self.kernel_size,), strides=(2,), padding="SAME")(x)
+            x = nn.gelu(nn.LayerNorm()(x))
+        pooled_BxH = x.mean(axis=1)
+        pooled_BxH = nn.Dropout(self.dropout_rate, deterministic=not train)(pooled_BxH)
+        return nn.Dense(self.latent_dim)(pooled_BxH)
+
+
+class CNN2DEncoder(nn.Module):
+    """Images (X, Y) or (X, Y, Ch): strided 3x3 conv stack, global mean pool, dense to D."""
+
+    latent_dim: int
+    features: Sequence[int] = (16, 32, 64)
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x_BxXxY_: jax.Array, *, train: bool = False) -> jax.Array:
+        # Grey-scale images and spectrograms come as (X, Y): give them one channel.
+        x = x_BxXxY_[..., None] if x_BxXxY_.ndim == 3 else x_BxXxY_
+        for width in self.features:
+            x = nn.Conv(width, kernel_size=(3, 3), strides=(2, 2), padding="SAME")(x)
+            x = nn.gelu(nn.LayerNorm()(x))
+        pooled_BxH = x.mean(axis=(1, 2))
+        pooled_BxH = nn.Dropout(self.dropout_rate, deterministic=not train)(pooled_BxH)
+        return nn.Dense(self.latent_dim)(pooled_BxH)
+
+
+# Per-sample input ranks each encoder accepts (rank of `ModalitySpec.shape`).
+_ALLOWED_RANKS = {"mlp": None, "cnn1d": (1, 2), "cnn2d": (2, 3)}
+
+
+def check_encoder(encoder_name: str, modality_name: str, shape: Sequence[int]) -> None:
+    """Raises ValueError if `encoder_name` is unknown or cannot take inputs of `shape`."""
+    if encoder_name not in ENCODER_NAMES:
+        raise ValueError(
+            f"model.encoders[{modality_name!r}] = {encoder_name!r} is not a known encoder; "
+            f"allowed: {ENCODER_NAMES}"
+        )
+    ranks = _ALLOWED_RANKS[encoder_name]
+    if ranks is not None and len(shape) not in ranks:
+        raise ValueError(
+            f"encoder {encoder_name!r} for modality {modality_name!r} needs a per-sample shape "
+            f"of rank {ranks}, got shape {tuple(shape)}"
+        )
+
+
+def default_encoder(kind: str, modality_name: str) -> str:
+    """The encoder used for a modality of `kind` that `model.encoders` does not name."""
+    if kind not in DEFAULT_ENCODER_BY_KIND:
+        raise ValueError(
+            f"modality {modality_name!r} has kind {kind!r}; "
+            f"allowed kinds: {tuple(DEFAULT_ENCODER_BY_KIND)}"
+        )
+    return DEFAULT_ENCODER_BY_KIND[kind]
+
+
+def make_encoder(
+    encoder_name: str,
+    *,
+    latent_dim: int,
+    hidden_dim: int,
+    dropout_rate: float,
+    cnn1d_features: Sequence[int],
+    cnn2d_features: Sequence[int],
+    name: str | None = None,
+) -> nn.Module:
+    """Builds the encoder module called `encoder_name` (see ENCODER_NAMES)."""
+    if encoder_name == "mlp":
+        return MLPEncoder(latent_dim, hidden_dim, dropout_rate, name=name)
+    if encoder_name == "cnn1d":
+        return CNN1DEncoder(latent_dim, tuple(cnn1d_features), dropout_rate=dropout_rate, name=name)
+    if encoder_name == "cnn2d":
+        return CNN2DEncoder(latent_dim, tuple(cnn2d_features), dropout_rate, name=name)
+    raise ValueError(f"unknown encoder {encoder_name!r}; allowed: {ENCODER_NAMES}")
