@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="A.B=V")
     parser.add_argument("--rates", default="0,0.5", help="missing rates shown in the table")
     args = parser.parse_args()
+    train.enable_compilation_cache()
     workdir = args.workdir or os.path.join(ROOT, "runs", f"compare_{args.dataset}")
     methods = args.methods.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -30,6 +30,18 @@ from robult_jax.data import load_dataset, sampler
 from robult_jax.metric_writer import MetricWriter, Progress
 
 
+def enable_compilation_cache() -> None:
+    """Persists compiled programs across runs (seeds, methods and resumes share them).
+
+    XLA compilation dominates short CPU runs (about 30 s for the watch model);
+    with the cache a second run of the same shapes starts training at once.
+    Directory: $ROBULT_JAX_COMPILE_CACHE or ~/.cache/robult_jax/jax_cache.
+    """
+    path = os.environ.get("ROBULT_JAX_COMPILE_CACHE", "~/.cache/robult_jax/jax_cache")
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 class NonFiniteLossError(FloatingPointError):
     """Raised when the loss becomes NaN or infinite; names the step."""
 
@@ -99,7 +111,12 @@ def train_and_evaluate(
     # Named random streams, split once from the seed.
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
     first = train_sampler.batch(0)
-    state = jax.jit(lambda k: create_state(config, model, tx, spec, k, first))(init_key)
+    # Initialisation runs once, so XLA's slow optimisation passes buy nothing here;
+    # level 0 halves its compile time on CPU (12 s -> 6 s for the watch model).
+    state = jax.jit(
+        lambda k: create_state(config, model, tx, spec, k, first),
+        compiler_options={"xla_backend_optimization_level": 0},
+    )(init_key)
     state = parallel.replicate(state, mesh)
     abstract_state = checkpointing.abstract_like(state)
 
