@@ -72,7 +72,9 @@ def test_save_load_label_split(tmp_path):
     idx = label_split(_labels([20, 20]), 0.3, seed=1)
     path = tmp_path / "labels.json"
     save_label_split(path, idx, rate=0.3, seed=1)
-    np.testing.assert_array_equal(load_label_split(path, rate=0.3, seed=1), idx)
+    loaded, info = load_label_split(path, rate=0.3, seed=1)
+    np.testing.assert_array_equal(loaded, idx)
+    assert info["rate"] == 0.3 and info["seed"] == 1 and info["num_labeled"] == len(idx)
     with pytest.raises(ValueError, match="label_rate"):
         load_label_split(path, rate=0.5)
     text = path.read_text().replace(f"[{idx[0]},", f"[{idx[0] + 1},")

@@ -28,6 +28,8 @@ Loader = Callable[[Any], Dataset]
 # Built-in loaders as "module:function", imported on first use.
 _BUILTIN: dict[str, str] = {
     "watch": "robult_jax.data.watch:load_watch",
+    "mfeat": "robult_jax.data.mfeat:load_mfeat",
+    "synthetic": "robult_jax.data.synthetic:load_synthetic",
 }
 _REGISTRY: dict[str, Loader] = {}
 

@@ -104,18 +104,23 @@ def save_label_split(path: str | os.PathLike, idx: np.ndarray, *, rate: float, s
 
 def load_label_split(
     path: str | os.PathLike, *, rate: float | None = None, seed: int | None = None
-) -> np.ndarray:
-    """Reads a label split written by `save_label_split`; checks hash, rate and seed."""
+) -> tuple[np.ndarray, dict]:
+    """Reads a label split written by `save_label_split`.
+
+    Checks the indices against their sha256, and the saved rate / seed against
+    `rate` / `seed` when given. Returns (indices, info) with info holding
+    "rate", "seed", "num_labeled" and "sha256".
+    """
     with open(path) as f:
         record = json.load(f)
-    idx = np.asarray(record["indices"], dtype=np.int64)
-    if indices_sha256(idx) != record["sha256"]:
+    idx = np.asarray(record.pop("indices"), dtype=np.int64)
+    if indices_sha256(idx) != record["sha256"] or len(idx) != record["num_labeled"]:
         raise ValueError(f"{path}: label split indices do not match their sha256.")
     if rate is not None and record["rate"] != float(rate):
         raise ValueError(f"{path}: saved data.label_rate {record['rate']} != requested {rate}.")
     if seed is not None and record["seed"] != int(seed):
         raise ValueError(f"{path}: saved seed {record['seed']} != requested {seed}.")
-    return idx
+    return idx, record
 
 
 def modality_dropout_mask(
