@@ -30,6 +30,11 @@ _BUILTIN: dict[str, str] = {
     "watch": "robult_jax.data.watch:load_watch",
     "mfeat": "robult_jax.data.mfeat:load_mfeat",
     "synthetic": "robult_jax.data.synthetic:load_synthetic",
+    "av_digits": "robult_jax.data.av_digits:load_av_digits",
+    "avmnist": "robult_jax.data.benchmarks.avmnist:load_avmnist",
+    "mmimdb": "robult_jax.data.benchmarks.mmimdb:load_mmimdb",
+    "mosi": "robult_jax.data.benchmarks.affect:load_mosi",
+    "mosei": "robult_jax.data.benchmarks.affect:load_mosei",
 }
 _REGISTRY: dict[str, Loader] = {}
 
