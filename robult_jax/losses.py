@@ -126,8 +126,16 @@ def positive_weights(
     threshold: float = 0.0,
     centroids_CxP: jax.Array | None = None,
     centroid_valid_C: jax.Array | None = None,
+    task: str = "multiclass",
+    label_sigma: float = 0.5,
 ) -> jax.Array:
     """Positive weights w_jk in [0, 1] of the soft PU contrastive loss (method.md 3.2).
+
+    This docstring describes task="multiclass"; "multilabel" and "regression"
+    (see `_task_weights` and docs/task_types.md) use the same shape of rule
+    with a task-specific label agreement a_jk. `label_sigma` is used by
+    "regression" only; the centroids by "multiclass" only (ignored otherwise,
+    so that a trainer may pass its state unconditionally).
 
     Computed under stop_gradient. Labels of unlabeled rows are never read.
     Let p_j = one_hot(y_j) if j is labeled else probs_j, and let j "pass" the
@@ -149,9 +157,12 @@ def positive_weights(
     a pair is only as trustworthy as its less confident member.
 
     Args:
-      labels_B: (B,) int class indices; rows with is_labeled False are ignored.
+      labels_B: (B,) int class indices ("multilabel": (B, C) 0/1 label vectors;
+        "regression": (B,) float targets); rows with is_labeled False are ignored.
       is_labeled_B: (B,) bool.
-      probs_BxC: (B, C) class probabilities (softmax of the classifier).
+      probs_BxC: (B, C) the classifier's predictions used as targets: softmax
+        probabilities ("multilabel": sigmoid probabilities (B, C);
+        "regression": the predicted value, (B, 1)).
       s_BxP: (B, P) fused embeddings, for the RBF proximity.
       centroids_CxP: optional (C, P) per-class EMA of labeled embeddings.
       centroid_valid_C: optional (C,) bool, which centroids exist (default all).
@@ -165,7 +176,9 @@ def positive_weights(
       w_BxB, shape (B, B): row j = anchor, column k = candidate.
     """
     _check_choice("mode", mode, MODES)
+    _check_choice("task", task, TASKS)
     _check_positive("sigma", sigma)
+    _check_positive("label_sigma", label_sigma)
     if isinstance(threshold, int | float) and not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}.")
     if probs_BxC.ndim != 2 or s_BxP.ndim != 2:
@@ -175,9 +188,16 @@ def positive_weights(
     b, c = probs_BxC.shape
     p = s_BxP.shape[1]
     ref = f"probs_BxC {probs_BxC.shape}"
-    _check_shape("labels_B", labels_B, (b,), ref)
+    _check_shape("labels_B", labels_B, (b, c) if task == "multilabel" else (b,), ref)
     _check_shape("is_labeled_B", is_labeled_B, (b,), ref)
     _check_shape("s_BxP", s_BxP, (b, None), ref)
+    if task == "regression" and c != 1:
+        raise ValueError(f"regression needs predictions probs_BxC of shape (B, 1), got {ref}.")
+    if task != "multiclass":
+        return _task_weights(
+            labels_B, is_labeled_B, probs_BxC, s_BxP, task=task, mode=mode, sigma=sigma,
+            threshold=threshold, label_sigma=label_sigma,
+        )  # fmt: skip
     if centroid_valid_C is not None and centroids_CxP is None:
         raise ValueError("centroid_valid_C was given without centroids_CxP.")
     if centroids_CxP is not None:
@@ -233,6 +253,78 @@ def positive_weights(
     return jax.lax.stop_gradient(w_BxB)
 
 
+def _task_weights(
+    labels: jax.Array,
+    is_labeled_B: jax.Array,
+    preds_BxC: jax.Array,
+    s_BxP: jax.Array,
+    *,
+    task: str,
+    mode: str,
+    sigma: float,
+    threshold: float,
+    label_sigma: float,
+) -> jax.Array:
+    """positive_weights for "multilabel" and "regression" (docs/task_types.md).
+
+    Let q_j be j's label if labeled, else its prediction (sigmoid probabilities
+    (C,) or the predicted value). The label agreement a_jk in [0, 1] is
+
+    - multilabel: soft Jaccard index sum_c q_j q_k / sum_c (q_j + q_k - q_j q_k)
+      (1 when both sets are empty), = 1[y_j == y_k] for one-hot vectors;
+    - regression: exp(-(q_j - q_k)^2 / (2 label_sigma^2)).
+
+    "soft": w_jk = a_jk * rho_j * rho_k * pass_j * pass_k, w_jj = 1, where
+    rho = 1 for labeled rows and, for unlabeled j, the a-weighted proximity to
+    the labeled rows l of the batch (0 when sum_l a_jl = 0):
+
+        rho_j = sum_l a_jl exp(-||s_j - s_l||^2 / (2 sigma^2)) / sum_l a_jl
+
+    With one-hot a_jl = 1[y_l == argmax p_j] this is the multiclass rule.
+    pass_j: labeled, or mean_c max(p_jc, 1 - p_jc) >= threshold (multilabel);
+    always true for regression (no confidence, threshold ignored).
+    "hard": w_jk = 1[t_j == t_k] * pass_j * pass_k, w_jj = 1, with t the
+    label set thresholded at 0.5 (multilabel) or the sign q > 0 (regression).
+    """
+    b = preds_BxC.shape[0]
+    dtype = jnp.promote_types(s_BxP.dtype, jnp.float32)
+    eye_BxB = jnp.eye(b, dtype=dtype)
+    if mode == "none":
+        return eye_BxB
+    lab_B = is_labeled_B.astype(bool)
+    preds_BxC = jax.lax.stop_gradient(preds_BxC).astype(dtype)
+    # Where (not multiplication) so that nothing depends on unlabeled labels, even nan.
+    labels = jnp.where(lab_B.reshape((b,) + (1,) * (labels.ndim - 1)), labels, 0).astype(dtype)
+    if task == "multilabel":
+        q_BxC = jnp.where(lab_B[:, None], labels, preds_BxC)
+        conf_B = jnp.mean(jnp.maximum(preds_BxC, 1 - preds_BxC), axis=-1)
+        pass_B = lab_B | (conf_B >= threshold)
+        t_BxC = q_BxC > 0.5
+        same_BxB = jnp.all(t_BxC[:, None, :] == t_BxC[None, :, :], axis=-1)
+        inter_BxB = q_BxC @ q_BxC.T
+        size_B = jnp.sum(q_BxC, axis=-1)
+        union_BxB = size_B[:, None] + size_B[None, :] - inter_BxB
+        a_BxB = jnp.where(union_BxB > 0, inter_BxB / jnp.where(union_BxB > 0, union_BxB, 1), 1)
+    else:
+        q_B = jnp.where(lab_B, labels, preds_BxC[:, 0])
+        pass_B = jnp.ones((b,), bool)
+        same_BxB = (q_B[:, None] > 0) == (q_B[None, :] > 0)
+        a_BxB = _rbf(jnp.square(q_B[:, None] - q_B[None, :]), label_sigma)
+    pass_BxB = pass_B[:, None] & pass_B[None, :]
+    if mode == "hard":
+        return jnp.maximum((same_BxB & pass_BxB).astype(dtype), eye_BxB)
+
+    s_BxP = jax.lax.stop_gradient(s_BxP).astype(dtype)
+    kernel_BxB = _rbf(_sq_dist(s_BxP, s_BxP), sigma)
+    ref_a_BxB = jnp.where(lab_B[None, :], a_BxB, 0)
+    den_B = jnp.sum(ref_a_BxB, axis=-1)
+    num_B = jnp.sum(ref_a_BxB * kernel_BxB, axis=-1)
+    rho_B = jnp.where(lab_B, 1, jnp.where(den_B > 0, num_B / jnp.where(den_B > 0, den_B, 1), 0))
+    # Both labeled: rho = pass = 1, so w = a_jk, the agreement of the true labels.
+    w_BxB = a_BxB * rho_B[:, None] * rho_B[None, :] * pass_BxB
+    return jax.lax.stop_gradient(jnp.where(eye_BxB > 0, 1, w_BxB))
+
+
 def soft_pu_contrastive_loss(
     s_BxP: jax.Array,
     z_BxMxP: jax.Array,
@@ -247,6 +339,8 @@ def soft_pu_contrastive_loss(
     threshold: float = 0.0,
     centroids_CxP: jax.Array | None = None,
     centroid_valid_C: jax.Array | None = None,
+    task: str = "multiclass",
+    label_sigma: float = 0.5,
 ) -> tuple[jax.Array, jax.Array]:
     """Soft positive-unlabeled contrastive loss between s and each z_i (method.md 3.2).
 
@@ -255,7 +349,9 @@ def soft_pu_contrastive_loss(
         logit_ijk = <s_j, z_ik> / tau
         l_ij = - sum_k w_jk m_ki log softmax_{k: m_ki}(logit_ijk) / sum_k w_jk m_ki
 
-    with w = positive_weights(...). The pair (j, i) is valid when m_ji: then
+    with w = positive_weights(..., task=task, label_sigma=label_sigma), so
+    labels_B and probs_BxC follow positive_weights' per-task shapes (regression:
+    probs_BxC is the predicted value, (B, 1)). The pair (j, i) is valid when m_ji: then
     the positive k == j exists and the denominator is >= 1. Invalid pairs get
     loss 0 with zero (finite) gradient; absent rows of z may hold garbage,
     even nan. The softmax runs over the whole (global) batch: under jit with
@@ -287,6 +383,8 @@ def soft_pu_contrastive_loss(
         threshold=threshold,
         centroids_CxP=centroids_CxP,
         centroid_valid_C=centroid_valid_C,
+        task=task,
+        label_sigma=label_sigma,
     )
 
     dtype = jnp.promote_types(s_BxP.dtype, jnp.float32)

@@ -19,6 +19,29 @@ import numpy as np
 
 TASKS = ("multiclass", "multilabel", "regression")
 
+# The metric that selects checkpoints and heads reports, per task
+# (MultiBench: accuracy for AV-MNIST, macro-F1 for MM-IMDb; MAE is MOSI's usual headline).
+PRIMARY_METRIC = {"multiclass": "accuracy", "multilabel": "macro_f1", "regression": "mae"}
+
+# Direction of every metric `task_metrics` returns: True = higher is better.
+HIGHER_IS_BETTER = {
+    "accuracy": True,
+    "macro_f1": True,
+    "micro_f1": True,
+    "weighted_f1": True,
+    "samples_f1": True,
+    "subset_accuracy": True,
+    "mae": False,
+    "mse": False,
+    "pearson": True,
+    "acc2": True,
+    "f1_2": True,
+    "acc2_nonneg": True,
+    "f1_2_nonneg": True,
+    "acc7": True,
+    "acc5": True,
+}
+
 
 def _check_pair(pred: np.ndarray, y: np.ndarray, pred_name: str, y_name: str) -> None:
     if pred.shape != y.shape:
@@ -97,11 +120,21 @@ def classification_metrics(logits_NxC: np.ndarray, y_N: np.ndarray) -> dict[str,
 
 
 def multilabel_metrics(logits_NxC: np.ndarray, y_NxC: np.ndarray) -> dict[str, float]:
-    """Multi-label metrics, each label decided by `logit > 0` (probability > 0.5).
+    """Multi-label metrics (MM-IMDb), each label decided by `logit > 0` (probability > 0.5).
 
-    `accuracy` is per-label (Hamming) accuracy; `macro_f1` averages F1 over
-    labels that occur (same exclusion rule as `macro_f1`); `micro_f1` pools
-    all labels.
+    scikit-learn's conventions for label-indicator arrays, which MultiBench
+    uses: every one of the C labels counts, and an F1 of 0/0 (no true and no
+    predicted positive) is 0, as with sklearn's default `zero_division`.
+
+    - `micro_f1`: F1 of the pooled counts over all labels (`average="micro"`).
+    - `macro_f1`: unweighted mean of the C per-label F1 (`average="macro"`).
+    - `weighted_f1`: per-label F1 weighted by true support (`average="weighted"`).
+    - `samples_f1`: mean over samples of 2|P & T| / (|P| + |T|) (`average="samples"`).
+    - `accuracy`: per-label (Hamming) accuracy; `subset_accuracy`: exact-match ratio.
+
+    >>> out = multilabel_metrics(np.array([[1.0, -1.0], [1.0, 1.0]]), np.array([[1, 0], [0, 1]]))
+    >>> out["micro_f1"]  # tp = 2, fp = 1, fn = 0
+    0.8
     """
     logits_NxC, y_NxC = np.asarray(logits_NxC), np.asarray(y_NxC)
     _check_pair(logits_NxC, y_NxC, "logits_NxC", "y_NxC")
@@ -111,18 +144,62 @@ def multilabel_metrics(logits_NxC: np.ndarray, y_NxC: np.ndarray) -> dict[str, f
     tp_C = np.sum(pred_NxC & true_NxC, axis=0).astype(np.float64)
     fp_C = np.sum(pred_NxC & ~true_NxC, axis=0).astype(np.float64)
     fn_C = np.sum(~pred_NxC & true_NxC, axis=0).astype(np.float64)
-    f1_C = _f1_per_class(tp_C, fp_C, fn_C)
-    micro = _f1_per_class(tp_C.sum(keepdims=True), fp_C.sum(keepdims=True), fn_C.sum(keepdims=True))
+    f1_C = np.nan_to_num(_f1_per_class(tp_C, fp_C, fn_C))
+    micro = np.nan_to_num(
+        _f1_per_class(tp_C.sum(keepdims=True), fp_C.sum(keepdims=True), fn_C.sum(keepdims=True))
+    )
+    support_C = tp_C + fn_C
+    inter_N = np.sum(pred_NxC & true_NxC, axis=1)
+    sizes_N = np.sum(pred_NxC, axis=1) + np.sum(true_NxC, axis=1)
+    samples_N = np.where(sizes_N > 0, 2 * inter_N / np.maximum(sizes_N, 1), 0.0)
     return {
         "accuracy": float(np.mean(pred_NxC == true_NxC)),
-        # All labels absent everywhere and never predicted: perfect agreement.
-        "macro_f1": float(np.nanmean(f1_C)) if np.any(~np.isnan(f1_C)) else 1.0,
-        "micro_f1": float(micro[0]) if not np.isnan(micro[0]) else 1.0,
+        "subset_accuracy": float(np.mean(np.all(pred_NxC == true_NxC, axis=1))),
+        "micro_f1": float(micro[0]),
+        "macro_f1": float(np.mean(f1_C)),
+        "weighted_f1": float(np.sum(f1_C * support_C) / support_C.sum())
+        if support_C.sum()
+        else 0.0,
+        "samples_f1": float(np.mean(samples_N)),
     }
 
 
+def pearson(x_N: np.ndarray, y_N: np.ndarray) -> float:
+    """Pearson correlation of two (N,) arrays; 0 when either side is constant.
+
+    Why 0 and not nan: a constant predictor (a common early-training collapse)
+    carries no linear information, and a nan would break model selection and
+    the mean over seeds.
+    """
+    x_N = np.asarray(x_N, np.float64) - np.mean(x_N)
+    y_N = np.asarray(y_N, np.float64) - np.mean(y_N)
+    denom = np.sqrt(np.sum(x_N**2) * np.sum(y_N**2))
+    return float(np.sum(x_N * y_N) / denom) if denom > 0 else 0.0
+
+
+def _weighted_f1_binary(pred_N: np.ndarray, true_N: np.ndarray) -> float:
+    """sklearn's `f1_score(average="weighted")` for two classes (bool arrays)."""
+    total = 0.0
+    for cls in (False, True):
+        p, t = pred_N == cls, true_N == cls
+        tp, fp, fn = np.sum(p & t), np.sum(p & ~t), np.sum(~p & t)
+        if tp + fn:  # classes without true support have weight 0
+            total += (tp + fn) * 2 * tp / (2 * tp + fp + fn)
+    return float(total / len(true_N))
+
+
 def regression_metrics(pred_N: np.ndarray, y_N: np.ndarray) -> dict[str, float]:
-    """`{"mae", "mse"}` for (N,) or (N, 1) predictions."""
+    """CMU-MOSI/MOSEI metrics (MulT's `eval_metrics.py` conventions) for a [-3, 3] score.
+
+    - `mae`, `mse`; `pearson` (0 when either side is constant).
+    - `acc2`, `f1_2`: accuracy and weighted F1 of `pred > 0` vs `y > 0` over the
+      samples with y != 0 (neg/pos, zeros excluded); nan if every y is 0.
+    - `acc2_nonneg`, `f1_2_nonneg`: `pred >= 0` vs `y >= 0` over all samples.
+    - `acc7` / `acc5`: `round(clip(pred)) == round(clip(y))` with clipping to
+      [-3, 3] / [-2, 2]. Rounding is numpy's (half to even, so 2.5 -> 2), as in MulT.
+
+    Accepts (N,) or (N, 1) predictions and labels.
+    """
     # Why squeeze: the regression head emits (N, 1) while labels are (N,).
     pred_N = np.asarray(pred_N, dtype=np.float64)
     y_N = np.asarray(y_N, dtype=np.float64)
@@ -131,12 +208,32 @@ def regression_metrics(pred_N: np.ndarray, y_N: np.ndarray) -> dict[str, float]:
     if y_N.ndim == 2 and y_N.shape[1] == 1:
         y_N = y_N[:, 0]
     _check_pair(pred_N, y_N, "pred_N", "y_N")
+    if pred_N.ndim != 1:
+        raise ValueError(f"pred_N must be (N,) or (N, 1), got shape {pred_N.shape}")
     err = pred_N - y_N
-    return {"mae": float(np.mean(np.abs(err))), "mse": float(np.mean(err**2))}
+    nz = y_N != 0
+    out = {
+        "mae": float(np.mean(np.abs(err))),
+        "mse": float(np.mean(err**2)),
+        "pearson": pearson(pred_N, y_N),
+        "acc2": float(np.mean((pred_N[nz] > 0) == (y_N[nz] > 0))) if nz.any() else float("nan"),
+        "f1_2": _weighted_f1_binary(pred_N[nz] > 0, y_N[nz] > 0) if nz.any() else float("nan"),
+        "acc2_nonneg": float(np.mean((pred_N >= 0) == (y_N >= 0))),
+        "f1_2_nonneg": _weighted_f1_binary(pred_N >= 0, y_N >= 0),
+    }
+    for name, bound in (("acc7", 3.0), ("acc5", 2.0)):
+        classes = [np.round(np.clip(v, -bound, bound)) for v in (pred_N, y_N)]
+        out[name] = float(np.mean(classes[0] == classes[1]))
+    return out
 
 
 def task_metrics(outputs: np.ndarray, labels: np.ndarray, *, task: str) -> dict[str, float]:
-    """Metrics for a dataset `task`: multiclass, multilabel or regression."""
+    """Metrics for a dataset `task` (docs/task_types.md).
+
+    - "multiclass": (N, C) logits, (N,) int labels -> accuracy, macro_f1.
+    - "multilabel": (N, C) logits, (N, C) 0/1 labels -> see `multilabel_metrics`.
+    - "regression": (N, 1) or (N,) predictions, (N,) labels -> see `regression_metrics`.
+    """
     if task == "multiclass":
         return classification_metrics(outputs, labels)
     if task == "multilabel":

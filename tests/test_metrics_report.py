@@ -60,18 +60,79 @@ def test_classification_metrics():
         metrics.classification_metrics(logits, y[:3])
 
 
-def test_multilabel_and_regression_metrics():
-    logits = np.array([[1.0, -1.0], [1.0, 1.0]])
-    y = np.array([[1.0, 0.0], [0.0, 1.0]])
+def test_multilabel_metrics_sklearn_conventions():
+    logits = np.array([[1.0, -1.0, -1.0], [1.0, 1.0, -1.0], [-1.0, -1.0, -1.0]])
+    y = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0]])
     out = metrics.task_metrics(logits, y, task="multilabel")
-    assert out["accuracy"] == 0.75
-    # label 0: tp=1 fp=1 -> 2/3; label 1: tp=1 -> 1; micro: tp=2 fp=1 -> 4/5.
-    assert math.isclose(out["macro_f1"], (2 / 3 + 1) / 2)
-    assert math.isclose(out["micro_f1"], 4 / 5)
-    reg = metrics.task_metrics(np.array([[1.0], [3.0]]), np.array([2.0, 2.0]), task="regression")
-    assert reg == {"mae": 1.0, "mse": 1.0}
+    # label 0: tp=1 fp=1 -> 2/3; label 1: tp=1 -> 1; label 2 never true nor
+    # predicted -> 0 (sklearn: all columns count, 0/0 F1 is 0).
+    assert math.isclose(out["macro_f1"], (2 / 3 + 1 + 0) / 3)
+    assert math.isclose(out["micro_f1"], 4 / 5)  # tp=2 fp=1 fn=0
+    assert math.isclose(out["weighted_f1"], (2 / 3 + 1) / 2)  # supports 1, 1, 0
+    # per sample: {0} vs {0} -> 1; {0,1} vs {1} -> 2/3; {} vs {} -> 0.
+    assert math.isclose(out["samples_f1"], (1 + 2 / 3 + 0) / 3)
+    assert math.isclose(out["accuracy"], 8 / 9)
+    assert math.isclose(out["subset_accuracy"], 2 / 3)
+    # Soft labels are decided at 0.5; a logit of exactly 0 is a negative prediction.
+    soft = metrics.multilabel_metrics(np.array([[0.0, 2.0]]), np.array([[0.4, 0.6]]))
+    assert soft["micro_f1"] == 1.0 and soft["subset_accuracy"] == 1.0
+    with pytest.raises(ValueError, match="shape"):
+        metrics.multilabel_metrics(logits, y[:, :2])
+
+
+def test_regression_metrics_mosi_conventions():
+    pred = np.array([2.6, -0.4, 0.49, 0.51, 2.5, -2.5, 0.2, -3.7])
+    y = np.array([3.0, 0.0, 0.4, 0.49, 3.0, -2.0, -0.3, -2.6])
+    out = metrics.task_metrics(pred[:, None], y, task="regression")
+    assert math.isclose(out["mae"], np.mean(np.abs(pred - y)))
+    assert math.isclose(out["mse"], np.mean((pred - y) ** 2))
+    assert math.isclose(out["pearson"], np.corrcoef(pred, y)[0, 1])
+    # acc7, clip to [-3, 3] then round half to even: pred 3 0 0 1 2 -2 0 -3 vs
+    # y 3 0 0 0 3 -2 0 -3 (0.51 vs 0.49 and 2.5 -> 2 vs 3 differ; -2.5 -> -2 agrees).
+    assert out["acc7"] == 6 / 8
+    # acc5, clip to [-2, 2]: only 0.51 vs 0.49 differs.
+    assert out["acc5"] == 7 / 8
+    # acc2 drops the zero label (index 1); 0.2 vs -0.3 is the only error.
+    assert math.isclose(out["acc2"], 6 / 7)
+    # f1_2 on the 7: positive class tp=4 fp=1 fn=0 (F1 8/9, support 4);
+    # negative class tp=2 fp=0 fn=1 (F1 4/5, support 3).
+    assert math.isclose(out["f1_2"], (4 * 8 / 9 + 3 * 4 / 5) / 7)
+    # Non-negative convention, all 8: y = 0 counts as >= 0, so -0.4 is now wrong too.
+    assert out["acc2_nonneg"] == 6 / 8
+    # >= 0: tp=4 fp=1 fn=1 (F1 8/10, support 5); < 0: tp=2 fp=1 fn=1 (F1 4/6, support 3).
+    assert math.isclose(out["f1_2_nonneg"], (5 * 0.8 + 3 * 4 / 6) / 8)
+
+
+def test_regression_metrics_degenerate_cases():
+    out = metrics.regression_metrics(np.full(4, 0.5), np.array([1.0, -1.0, 2.0, 0.0]))
+    assert out["pearson"] == 0.0  # constant prediction
+    assert metrics.pearson(np.array([1.0, 2.0]), np.array([3.0, 3.0])) == 0.0
+    assert math.isclose(metrics.pearson(np.array([1.0, 2.0, 4.0]), np.array([-2, -4, -8])), -1)
+    zeros = metrics.regression_metrics(np.array([1.0, -1.0]), np.zeros(2))
+    assert math.isnan(zeros["acc2"]) and math.isnan(zeros["f1_2"])
+    assert zeros["acc2_nonneg"] == 0.5
+    with pytest.raises(ValueError, match="shape"):
+        metrics.regression_metrics(np.zeros((3, 2)), np.zeros((3, 2)))
+
+
+@pytest.mark.parametrize(
+    ("task", "outputs", "labels"),
+    [
+        ("multiclass", np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 0])),
+        ("multilabel", np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[1, 0], [1, 1]])),
+        ("regression", np.array([[1.0], [-1.0]]), np.array([0.5, 1.0])),
+    ],
+)
+def test_task_metrics_keys_have_directions(task, outputs, labels):
+    out = metrics.task_metrics(outputs, labels, task=task)
+    assert metrics.PRIMARY_METRIC[task] in out
+    assert set(out) <= set(metrics.HIGHER_IS_BETTER)
+    assert metrics.HIGHER_IS_BETTER["mae"] is False and metrics.HIGHER_IS_BETTER["macro_f1"]
+
+
+def test_task_metrics_unknown_task():
     with pytest.raises(ValueError, match="multiclass"):
-        metrics.task_metrics(logits, y, task="ranking")
+        metrics.task_metrics(np.zeros((2, 2)), np.zeros(2, int), task="ranking")
 
 
 def test_mean_std_population():
