@@ -3,6 +3,8 @@
 Each encoder maps one modality's per-sample input to a latent vector h_i in
 R^D (method.md section 2). The encoder of a modality is chosen by name in
 `config.model.encoders`; a modality without an entry gets a default by kind.
+Encoders of padded variable-length sequences ("transformer", "gru") live in
+robult_jax/sequence_encoders.py; `make_encoder` builds all of them.
 
 Shape legend: B batch, D latent width, H hidden width, T time steps,
 F features per time step, X/Y image height/width, Ch channels.
@@ -17,15 +19,17 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-ENCODER_NAMES = ("mlp", "cnn1d", "cnn2d")
+from robult_jax import sequence_encoders as seq
 
-# Default encoder per modality kind. "sequence" (padded variable-length) uses
-# the 1-D CNN until dedicated sequence encoders exist; padded steps are zeros.
+ENCODER_NAMES = ("mlp", "cnn1d", "cnn2d", *seq.SEQUENCE_ENCODER_NAMES)
+
+# Default encoder per modality kind. "sequence" is (T, F + 1) with a validity
+# channel last; only the sequence encoders read that channel as a mask.
 DEFAULT_ENCODER_BY_KIND = {
     "vector": "mlp",
     "timeseries": "cnn1d",
     "image": "cnn2d",
-    "sequence": "cnn1d",
+    "sequence": "transformer",
 }
 
 
@@ -110,11 +114,13 @@ class CNN2DEncoder(nn.Module):
 
 
 # Per-sample input ranks each encoder accepts (rank of `ModalitySpec.shape`).
-_ALLOWED_RANKS = {"mlp": None, "cnn1d": (1, 2), "cnn2d": (2, 3)}
+_ALLOWED_RANKS = {"mlp": None, "cnn1d": (1, 2), "cnn2d": (2, 3), "transformer": (2,), "gru": (2,)}
 
 
-def check_encoder(encoder_name: str, modality_name: str, shape: Sequence[int]) -> None:
-    """Raises ValueError if `encoder_name` is unknown or cannot take inputs of `shape`."""
+def check_encoder(
+    encoder_name: str, modality_name: str, shape: Sequence[int], kind: str | None = None
+) -> None:
+    """Raises ValueError if `encoder_name` is unknown or cannot take inputs of `shape` (`kind`)."""
     if encoder_name not in ENCODER_NAMES:
         raise ValueError(
             f"model.encoders[{modality_name!r}] = {encoder_name!r} is not a known encoder; "
@@ -126,6 +132,19 @@ def check_encoder(encoder_name: str, modality_name: str, shape: Sequence[int]) -
             f"encoder {encoder_name!r} for modality {modality_name!r} needs a per-sample shape "
             f"of rank {ranks}, got shape {tuple(shape)}"
         )
+    if encoder_name in seq.SEQUENCE_ENCODER_NAMES:
+        # Why: these read the last channel as a validity mask; on any other kind of
+        # data they would silently drop every step where that feature is <= 0.5.
+        if kind is not None and kind != "sequence":
+            raise ValueError(
+                f"encoder {encoder_name!r} for modality {modality_name!r} needs kind "
+                f"'sequence' (last channel = validity), got kind {kind!r}"
+            )
+        if shape[-1] < 2:
+            raise ValueError(
+                f"encoder {encoder_name!r} for modality {modality_name!r} needs a per-sample "
+                f"shape (T, F + 1) with F >= 1, got shape {tuple(shape)}"
+            )
 
 
 def default_encoder(kind: str, modality_name: str) -> str:
@@ -146,13 +165,26 @@ def make_encoder(
     dropout_rate: float,
     cnn1d_features: Sequence[int],
     cnn2d_features: Sequence[int],
+    seq_width: int = 64,
+    seq_layers: int = 1,
+    num_heads: int = 4,
     name: str | None = None,
 ) -> nn.Module:
-    """Builds the encoder module called `encoder_name` (see ENCODER_NAMES)."""
+    """Builds the encoder module called `encoder_name` (see ENCODER_NAMES).
+
+    `seq_width`, `seq_layers` and `num_heads` are read by the sequence encoders only;
+    the transformer's feed-forward width is `hidden_dim`.
+    """
     if encoder_name == "mlp":
         return MLPEncoder(latent_dim, hidden_dim, dropout_rate, name=name)
     if encoder_name == "cnn1d":
         return CNN1DEncoder(latent_dim, tuple(cnn1d_features), dropout_rate=dropout_rate, name=name)
     if encoder_name == "cnn2d":
         return CNN2DEncoder(latent_dim, tuple(cnn2d_features), dropout_rate, name=name)
+    if encoder_name == "transformer":
+        return seq.TransformerSequenceEncoder(
+            latent_dim, seq_width, seq_layers, num_heads, hidden_dim, dropout_rate, name=name
+        )
+    if encoder_name == "gru":
+        return seq.GRUSequenceEncoder(latent_dim, seq_width, seq_layers, dropout_rate, name=name)
     raise ValueError(f"unknown encoder {encoder_name!r}; allowed: {ENCODER_NAMES}")

@@ -32,14 +32,17 @@ def default_model_config() -> ml_collections.ConfigDict:
     c.unique_dim = 32  # K: width of the unique features u_i = g_i(h_i).
     c.proj_dim = 64  # P: width of the unit-sphere embeddings s and z_i.
     c.fusion = "attention"  # f_0 [ours]: "attention" (masked self-attention) | "mean".
-    c.num_heads = 4  # Attention heads in f_0; must divide latent_dim.
+    c.num_heads = 4  # Heads in f_0 and in "transformer" encoders; divides D and seq_width.
     c.hidden_dim = 128  # H: hidden width of every MLP (encoders and heads).
     c.dropout_rate = 0.0  # Dropout in MLPs/attention, only when train=True.
-    # Modality name -> encoder name ("mlp" | "cnn1d" | "cnn2d"); modalities not
-    # listed get a default by kind (vector: mlp, timeseries: cnn1d, image: cnn2d).
+    # Modality name -> encoder name ("mlp" | "cnn1d" | "cnn2d" | "transformer" | "gru");
+    # modalities not listed get a default by kind (vector: mlp, timeseries: cnn1d,
+    # image: cnn2d, sequence: transformer).
     c.encoders = ml_collections.ConfigDict()
     c.cnn1d_features = (32, 64, 64)  # Channels of the strided Conv1D layers.
     c.cnn2d_features = (16, 32, 64)  # Channels of the strided 3x3 Conv2D layers.
+    c.seq_layers = 1  # Attention blocks ("transformer") or stacked GRUs ("gru").
+    c.seq_width = 0  # W: width inside the sequence encoders; 0 = latent_dim.
     return c
 
 
@@ -127,6 +130,8 @@ class Robult(nn.Module):
     dropout_rate: float = 0.0
     cnn1d_features: tuple[int, ...] = (32, 64, 64)
     cnn2d_features: tuple[int, ...] = (16, 32, 64)
+    seq_layers: int = 1
+    seq_width: int = 0  # 0 = latent_dim
 
     def _check_inputs(self, inputs: Mapping[str, jax.Array], mask_BxM: jax.Array) -> None:
         missing = [n for n in self.modality_names if n not in inputs]
@@ -165,6 +170,9 @@ class Robult(nn.Module):
                 dropout_rate=self.dropout_rate,
                 cnn1d_features=self.cnn1d_features,
                 cnn2d_features=self.cnn2d_features,
+                seq_width=self.seq_width or self.latent_dim,
+                seq_layers=self.seq_layers,
+                num_heads=self.num_heads,
                 name=f"encoder_{name}",
             )
             h_list.append(encoder(jnp.asarray(inputs[name], jnp.float32), train=train))
@@ -281,7 +289,7 @@ def build_model(
     encoder_names = []
     for m in dataset_spec.modalities:
         encoder_name = encoder_cfg.get(m.name) or enc.default_encoder(m.kind, m.name)
-        enc.check_encoder(encoder_name, m.name, tuple(m.shape))
+        enc.check_encoder(encoder_name, m.name, tuple(m.shape), m.kind)
         encoder_names.append(encoder_name)
 
     if cfg["fusion"] not in FUSIONS:
@@ -291,6 +299,15 @@ def build_model(
     if cfg["fusion"] == "attention" and latent_dim % num_heads:
         raise ValueError(
             f"model.latent_dim ({latent_dim}) must be divisible by model.num_heads ({num_heads})"
+        )
+    seq_layers = _positive_int(cfg, "seq_layers")
+    seq_width = cfg["seq_width"]
+    if isinstance(seq_width, bool) or not isinstance(seq_width, int) or seq_width < 0:
+        raise ValueError(f"model.seq_width must be an int >= 0 (0 = latent_dim), got {seq_width!r}")
+    if "transformer" in encoder_names and (seq_width or latent_dim) % num_heads:
+        raise ValueError(
+            f"the transformer encoder's width (model.seq_width={seq_width}, 0 = latent_dim "
+            f"{latent_dim}) must be divisible by model.num_heads ({num_heads})"
         )
     dropout_rate = float(cfg["dropout_rate"])
     if not 0.0 <= dropout_rate < 1.0:
@@ -313,4 +330,6 @@ def build_model(
         dropout_rate=dropout_rate,
         cnn1d_features=_int_tuple(cfg, "cnn1d_features"),
         cnn2d_features=_int_tuple(cfg, "cnn2d_features"),
+        seq_layers=seq_layers,
+        seq_width=seq_width,
     )

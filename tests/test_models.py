@@ -44,6 +44,15 @@ SPEC3 = FakeSpec(
     3,
 )
 SPEC_VEC = FakeSpec((FakeModality("v1", (6,), "vector"), FakeModality("v2", (4,), "vector")), 3)
+# CMU-MOSI-like: (T, F + 1) sequences, last channel = validity.
+SPEC_SEQ = FakeSpec(
+    (
+        FakeModality("vision", (8, 4), "sequence"),
+        FakeModality("audio", (8, 3), "sequence"),
+        FakeModality("text", (8, 6), "sequence"),
+    ),
+    1,
+)
 
 
 def small_config(**overrides):
@@ -226,7 +235,9 @@ def test_encoders_follow_config_and_kind_defaults():
 
 
 def test_bad_config_raises():
-    with pytest.raises(ValueError, match=r"allowed: \('mlp', 'cnn1d', 'cnn2d'\)"):
+    with pytest.raises(
+        ValueError, match=r"allowed: \('mlp', 'cnn1d', 'cnn2d', 'transformer', 'gru'\)"
+    ):
         models.build_model(small_config(encoders={"acc": "lstm"}), SPEC2)
     with pytest.raises(ValueError, match=r"dataset modalities: \('acc', 'gyro'\)"):
         models.build_model(small_config(encoders={"mag": "cnn1d"}), SPEC2)
@@ -236,6 +247,20 @@ def test_bad_config_raises():
         models.build_model(small_config(num_heads=3), SPEC2)
     with pytest.raises(ValueError, match="rank"):
         models.build_model(small_config(encoders={"vec": "cnn2d"}), SPEC3)
+    with pytest.raises(ValueError, match="needs kind 'sequence'"):
+        models.build_model(small_config(encoders={"ts": "gru"}), SPEC3)
+    with pytest.raises(ValueError, match="F >= 1"):
+        models.build_model(small_config(), FakeSpec((FakeModality("s", (8, 1), "sequence"),), 2))
+    with pytest.raises(ValueError, match="model.seq_layers"):
+        models.build_model(small_config(seq_layers=0), SPEC_SEQ)
+    with pytest.raises(ValueError, match="model.seq_width"):
+        models.build_model(small_config(seq_width=-1), SPEC_SEQ)
+    with pytest.raises(ValueError, match="transformer encoder's width"):
+        models.build_model(small_config(seq_width=9), SPEC_SEQ)
+    models.build_model(
+        small_config(seq_width=9, encoders={m: "gru" for m in ("vision", "audio", "text")}),
+        SPEC_SEQ,
+    )  # heads unused
     bad_kind = FakeSpec((FakeModality("x", (3,), "graph"),), 2)
     with pytest.raises(ValueError, match="allowed kinds"):
         models.build_model(small_config(), bad_kind)
@@ -263,3 +288,45 @@ def test_single_modality_and_six_modalities():
         out = jax.eval_shape(model.apply, {"params": params}, make_inputs(spec, batch=3), mask)
         chex.assert_shape(out["logits_BxC"], (3, spec.num_outputs))
         chex.assert_shape(out["u_BxMxK"], (3, len(spec.modalities), 8))
+
+
+def make_sequence_inputs(lengths_BxM, seed=0):
+    """Right-padded (B, T, F + 1) inputs for SPEC_SEQ; length 0 = all zeros (absent)."""
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for i, m in enumerate(SPEC_SEQ.modalities):
+        num_steps, num_features = m.shape[0], m.shape[1] - 1
+        valid_BxT = np.arange(num_steps)[None] < lengths_BxM[:, i : i + 1]
+        x = rng.normal(size=(len(lengths_BxM), num_steps, num_features)) * valid_BxT[..., None]
+        inputs[m.name] = np.concatenate([x, valid_BxT[..., None]], -1).astype(np.float32)
+    return inputs
+
+
+def test_sequence_modalities_default_to_transformer_and_run_under_jit():
+    model = models.build_model(small_config(encoders={"audio": "gru"}, seq_layers=2), SPEC_SEQ)
+    assert model.encoder_names == ("transformer", "gru", "transformer")
+    assert (model.seq_layers, model.seq_width) == (2, 0)
+    params = init(model, SPEC_SEQ)
+    assert params["encoder_vision"]["pos_embed_TxW"].shape == (8, 16)  # seq_width 0 -> D
+    assert "block_1" in params["encoder_text"] and "gru_1" in params["encoder_audio"]
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def forward(params, inputs, mask):
+        return model.apply({"params": params}, inputs, mask)
+
+    # Variable lengths; absent modalities (length 0, all zeros) include a row with none.
+    lengths_BxM = np.array([[8, 5, 2], [3, 0, 8], [0, 0, 0], [1, 1, 1], [0, 7, 0]])
+    mask = lengths_BxM > 0
+    try:
+        out = forward(params, make_sequence_inputs(lengths_BxM), mask)
+        out_all = forward(params, make_sequence_inputs(np.full((B, 3), 8)), np.ones((B, 3), bool))
+    finally:
+        chex.clear_trace_counter()
+    chex.assert_shape(out["h_BxMxD"], (B, 3, 16))
+    chex.assert_shape(out["logits_BxC"], (B, 1))
+    for key, value in out.items():
+        assert np.all(np.isfinite(value)), key
+    assert np.all(np.asarray(out["h_BxMxD"])[~mask] == 0.0)
+    assert np.all(np.abs(np.asarray(out["h_BxMxD"])[mask]).sum(-1) > 0)
+    assert not np.allclose(out["logits_BxC"], out_all["logits_BxC"])
