@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     # name -> per-sample shape; 1 dim = vector (mlp), 2 dims = time series (cnn1d)
     config.data.modality_shapes = ml_collections.ConfigDict({"a": (8,), "b": (16, 3)})
     config.data.noise = 0.5
+    config.data.task = "multiclass"  # | "multilabel" | "regression" (see data/synthetic.py)
     config.data.synthetic_seed = 0  # the dataset itself; config.seed drives training
     config.data.label_rate = 0.25
     config.data.label_seed = 0

@@ -34,6 +34,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.fusion = "attention"  # f_0: "attention" (masked self-attention) | "mean"
     config.model.num_heads = 4  # attention heads of f_0
     config.model.dropout_rate = 0.1
+    config.model.cnn1d_features = (32, 64, 64)  # channels of the cnn1d encoder's conv layers
+    config.model.cnn2d_features = (16, 32, 64)  # channels of the cnn2d encoder's conv layers
+    config.model.seq_layers = 1  # attention blocks / stacked GRUs of sequence encoders
+    config.model.seq_width = 0  # width inside sequence encoders; 0 = latent_dim
     # Encoder per modality; a modality not named here gets the default of its kind
     # (vector: mlp, timeseries: cnn1d, image: cnn2d).
     config.model.encoders = ml_collections.ConfigDict({"acc": "cnn1d", "gyro": "cnn1d"})
@@ -46,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.pu_mode = "soft"  # "soft" (RBF proximity) | "hard" (pseudo-labels) | "none"
     config.loss.temperature = 0.1  # tau of the contrastive softmax
     config.loss.sigma = 0.5  # RBF bandwidth on the unit sphere (squared distances in [0, 4])
+    config.loss.label_sigma = 0.5  # regression only: label-kernel width of the PU weights
     config.loss.threshold = 0.0  # confidence below which an unlabeled pair is not positive
     config.loss.rec_stop_gradient = True  # reconstruct sg(h_i) rather than a moving target
     config.loss.centroid_decay = 0.9  # EMA of per-class labeled embeddings (RBF fallback)

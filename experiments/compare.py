@@ -90,13 +90,14 @@ def main() -> None:
                 runs[method].append(json.load(f))
 
     rates = tuple(float(r) for r in args.rates.split(","))
-    table = report.comparison_table(runs, rates=rates)
     first = runs[methods[0]][0]
+    metric = first.get("primary_metric", "accuracy")
+    table = report.comparison_table(runs, rates=rates, metric=metric)
     header = (
         f"Dataset: {first.get('variant', first['dataset'])}; split: {args.split}; "
         f"label rate: {first['label_rate']}; seeds: {seeds} (model seed = data-order seed; "
         f"missing masks: seeds {first['mask_seeds']} per run); commit: {report.git_commit()}.\n"
-        "Cells: accuracy, mean +/- std over seeds. Subset rows: only those modalities at test "
+        f"Cells: {metric}, mean +/- std over seeds. Subset rows: only those modalities at test "
         "time; 'missing p' rows: each modality of each test sample absent with probability p "
         "(at least one kept).\n\n"
     )
@@ -105,7 +106,7 @@ def main() -> None:
         f.write(header + table + "\n")
     with open(os.path.join(workdir, "comparison.json"), "w") as f:
         json.dump({m: r for m, r in runs.items()}, f, indent=1)
-    report.plot_comparison(os.path.join(workdir, "comparison.png"), runs)
+    report.plot_comparison(os.path.join(workdir, "comparison.png"), runs, metric=metric)
     print(header + table)
 
 

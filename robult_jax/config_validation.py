@@ -47,6 +47,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         _check(loss[w] >= 0, f"loss.{w}={loss[w]} must be >= 0.")
     _check(loss.temperature > 0, f"loss.temperature={loss.temperature} must be > 0.")
     _check(loss.sigma > 0, f"loss.sigma={loss.sigma} must be > 0.")
+    _check(loss.label_sigma > 0, f"loss.label_sigma={loss.label_sigma} must be > 0.")
     _check(0.0 <= loss.threshold < 1.0, f"loss.threshold={loss.threshold} is outside [0, 1).")
     _check(
         0.0 <= loss.centroid_decay < 1.0,

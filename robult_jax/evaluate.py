@@ -83,17 +83,25 @@ def predict_split(
 
 
 def task_metrics(spec: DatasetSpec, logits_NxC: np.ndarray, labels: np.ndarray) -> dict:
-    return metrics_lib.classification_metrics(logits_NxC, labels)
+    return metrics_lib.task_metrics(logits_NxC, labels, task=spec.task)
 
 
-def validation_score(results_by_subset: dict[str, dict]) -> float:
-    """Model-selection score: mean accuracy over every modality subset.
+def primary_metric(spec: DatasetSpec) -> str:
+    """The metric that selects models and heads the plots: accuracy, macro-F1 or MAE."""
+    return metrics_lib.PRIMARY_METRIC[spec.task]
 
-    Why: selecting on the full-modality score alone would favour models that
-    lean on one modality; averaging over subsets selects for robustness, and it
-    only ever looks at the validation split.
+
+def validation_score(results_by_subset: dict[str, dict], spec: DatasetSpec) -> float:
+    """Model-selection score (higher is better): the task's primary metric averaged
+    over every modality subset, negated when lower is better (MAE).
+
+    Why every subset: selecting on the full-modality score alone would favour
+    models that lean on one modality; averaging over subsets selects for
+    robustness, and it only ever looks at the validation split.
     """
-    return float(np.mean([r["accuracy"] for r in results_by_subset.values()]))
+    metric = primary_metric(spec)
+    score = float(np.mean([r[metric] for r in results_by_subset.values()]))
+    return score if metrics_lib.HIGHER_IS_BETTER[metric] else -score
 
 
 def evaluate_subsets(

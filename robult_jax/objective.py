@@ -65,6 +65,17 @@ def update_centroids(
     return centroids_CxP, valid_C
 
 
+def prediction_targets(logits_BxC: jax.Array, task: str) -> jax.Array:
+    """What the PU weights read as the classifier's belief (docs/task_types.md):
+    softmax probabilities (multiclass), sigmoid probabilities (multilabel), the
+    predicted value itself, (B, 1) (regression)."""
+    if task == "multiclass":
+        return jax.nn.softmax(logits_BxC, axis=-1)
+    if task == "multilabel":
+        return jax.nn.sigmoid(logits_BxC)
+    return logits_BxC
+
+
 def compute_losses(
     params: Any,
     model: nn.Module,
@@ -88,7 +99,7 @@ def compute_losses(
     if loss_config.w_lb or loss_config.w_ulb:
         # The classifier's beliefs decide soft positives; they are targets, not paths
         # for gradients (positive_weights also stops them).
-        probs_BxC = jax.nn.softmax(jax.lax.stop_gradient(out["logits_BxC"]), axis=-1)
+        probs_BxC = prediction_targets(jax.lax.stop_gradient(out["logits_BxC"]), task)
         pu_BxM, valid_BxM = losses.soft_pu_contrastive_loss(
             out["s_BxP"],
             out["z_BxMxP"],
@@ -102,6 +113,8 @@ def compute_losses(
             threshold=loss_config.threshold,
             centroids_CxP=state.centroids_CxP,
             centroid_valid_C=state.centroid_valid_C > 0,
+            task=task,
+            label_sigma=loss_config.label_sigma,
         )
         terms["lb"], terms["ulb"] = losses.reduce_pu_losses(pu_BxM, valid_BxM, is_labeled_B)
     if loss_config.w_rec:

@@ -202,7 +202,7 @@ def train_and_evaluate(
             val = evaluate.evaluate_subsets(
                 predict, state.params, dataset.validation, spec, **eval_kw
             )
-            score = evaluate.validation_score(val)
+            score = evaluate.validation_score(val, spec)
             flat = {f"eval/val/{s}/{k}": v for s, r in val.items() for k, v in r.items()}
             writer.write(done, {**flat, "eval/val/score": score})
             ckpt.save_best(done, state, score)
@@ -228,7 +228,7 @@ def train_and_evaluate(
         num_labeled=int(len(labeled_idx)),
     )
     if jax.process_index() == 0:
-        report.write_results(workdir, results)
+        report.write_results(workdir, results, metric=results["primary_metric"])
     ckpt.close()
     return results
 
@@ -251,6 +251,8 @@ def _final_evaluation(config, dataset, predict, params, eval_kw) -> dict:
         "variant": getattr(spec, "variant", spec.name),
         "method": config.method,
         "split": config.eval.split,
+        "task": spec.task,
+        "primary_metric": evaluate.primary_metric(spec),
         "label_rate": config.data.label_rate,
         "seed": config.seed,
         "mask_seeds": list(config.eval.mask_seeds),

@@ -116,6 +116,20 @@ def test_training_reduces_loss_and_writes_results(tmp_path):
     assert results["subsets"]["a+b"]["accuracy"] > 0.5
 
 
+@pytest.mark.parametrize("task,metric", [("multilabel", "macro_f1"), ("regression", "mae")])
+def test_other_task_types_train_and_report_their_metrics(tmp_path, task, metric):
+    config = _config(**{"data.task": task})
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert results["task"] == task and results["primary_metric"] == metric
+    for section in ("subsets", "random_missing"):
+        assert all(metric in r for r in results[section].values())
+    assert np.isfinite(results["subsets"]["a+b"][metric])
+    assert (
+        metric in (tmp_path / "results.md").read_text()
+        or task in (tmp_path / "results.md").read_text()
+    )
+
+
 def test_resume_continues_exactly_as_uninterrupted(tmp_path):
     config = _config(**{"train.checkpoint_every": 100})
     straight, paused = str(tmp_path / "straight"), str(tmp_path / "paused")

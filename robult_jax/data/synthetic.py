@@ -31,8 +31,13 @@ def make_synthetic(
     modality_shapes: dict[str, tuple[int, ...]] | None = None,
     noise: float = 0.5,
     seed: int = 0,
+    task: str = "multiclass",
 ) -> Dataset:
+    """`task` "multilabel" labels each sample with its class and the next one (mod C);
+    "regression" uses the class index, centred, as the target value."""
     shapes = dict(modality_shapes or DEFAULT_SHAPES)
+    if task not in ("multiclass", "multilabel", "regression"):
+        raise ValueError(f"data.task={task!r} is not one of multiclass, multilabel, regression.")
     if num_classes < 2:
         raise ValueError(f"data.num_classes={num_classes} must be >= 2.")
     rng = np.random.default_rng(seed)
@@ -55,7 +60,14 @@ def make_synthetic(
             signal = protos[labels] @ projections[name] + uniques[name][labels]
             x = signal + noise * rng.normal(size=signal.shape)
             inputs[name] = x.reshape((n,) + tuple(shape)).astype(np.float32)
-        return Split(inputs=inputs, labels=labels, mask=np.ones((n, len(shapes)), bool))
+        if task == "multilabel":
+            targets = np.eye(num_classes, dtype=np.float32)[labels]
+            targets += np.eye(num_classes, dtype=np.float32)[(labels + 1) % num_classes]
+        elif task == "regression":
+            targets = (labels - (num_classes - 1) / 2).astype(np.float32)
+        else:
+            targets = labels
+        return Split(inputs=inputs, labels=targets, mask=np.ones((n, len(shapes)), bool))
 
     spec = DatasetSpec(
         name="synthetic",
@@ -63,9 +75,9 @@ def make_synthetic(
             ModalitySpec(name, tuple(shape), _modality_kind(tuple(shape)))
             for name, shape in shapes.items()
         ),
-        task="multiclass",
-        num_outputs=num_classes,
-        class_names=tuple(f"class_{c}" for c in range(num_classes)),
+        task=task,
+        num_outputs=1 if task == "regression" else num_classes,
+        class_names=() if task == "regression" else tuple(f"class_{c}" for c in range(num_classes)),
     )
     return Dataset(
         spec=spec, train=split(num_train), validation=split(num_val), test=split(num_test)
@@ -85,4 +97,5 @@ def load_synthetic(data_config) -> Dataset:
         modality_shapes=shapes,
         noise=get("noise", 0.5),
         seed=get("synthetic_seed", 0),
+        task=get("task", "multiclass"),
     )
