@@ -25,6 +25,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from absl import logging  # noqa: E402
+
 from robult_jax import report, train  # noqa: E402
 
 
@@ -67,6 +69,7 @@ def main() -> None:
     parser.add_argument("--rates", default="0,0.5", help="missing rates shown in the table")
     args = parser.parse_args()
     train.enable_compilation_cache()
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     workdir = args.workdir or os.path.join(ROOT, "runs", f"compare_{args.dataset}")
     methods = args.methods.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]

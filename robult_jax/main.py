@@ -9,7 +9,7 @@ Thin on purpose: everything else lives in importable modules.
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from robult_jax import train
@@ -26,6 +26,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    # Orbax and tfds log every save and read at INFO; the progress bar and
+    # metrics.jsonl already say what happens. `--verbosity=0` brings them back.
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
     train.enable_compilation_cache()
     try:
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

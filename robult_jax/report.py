@@ -134,13 +134,21 @@ def _plot_rate_curve(ax, section: Mapping[str, Any], metric: str, label: str) ->
 # ------------------------------------------------------------- single run
 
 
+# Long provenance fields kept out of the Markdown header (they stay in results.json).
+_JSON_ONLY = ("config", "mask_hashes")
+
+
 def results_markdown(results: Mapping[str, Any], *, digits: int = 3) -> str:
     """Markdown: provenance list, then one table row per subset and per missing rate."""
     _check_results(results)
     lines = [f"# Results: {results.get('dataset', '?')} / {results.get('method', '?')}", ""]
     for key, value in _provenance(results).items():
+        if key in _JSON_ONLY:
+            continue
         text = value if isinstance(value, str) else json.dumps(_to_jsonable(value))
         lines.append(f"- **{key}**: {text}")
+    if any(key in results for key in _JSON_ONLY):
+        lines.append("- the full config and the hash of every mask are in results.json")
     metrics = _metric_names(results)
     lines += ["", "| condition | " + " | ".join(metrics) + " |"]
     lines.append("|---" * (len(metrics) + 1) + "|")
