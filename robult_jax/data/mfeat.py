@@ -16,7 +16,8 @@ changing the seed or the fractions means a new builder VERSION.
 
 `load_mfeat` builds once into the cache directory, loads every split into
 numpy and standardises each feature with mean / std fitted on the train split
-only (so no validation or test statistics leak in).
+only (so no validation or test statistics leak in); the statistics are kept in
+`Dataset.input_stats` for `robult_jax.predict`.
 
 Data config fields read:
   data_dir:   cache directory (see `registry.resolve_data_dir`).
@@ -324,4 +325,5 @@ def load_mfeat(data_config: Any, *, source_dir: str | None = None) -> Dataset:
         train=apply_normaliser(train, stats),
         validation=apply_normaliser(validation, stats),
         test=apply_normaliser(test, stats),
+        input_stats={name: {"mean": mean, "std": std} for name, (mean, std) in stats.items()},
     )

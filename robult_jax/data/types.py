@@ -130,13 +130,31 @@ class Split:
 
 @dataclasses.dataclass
 class Dataset:
-    """A dataset: its spec plus train / validation / test splits."""
+    """A dataset: its spec plus train / validation / test splits.
+
+    `input_stats` records the normalisation the loader applied to the raw
+    inputs, {modality: {"mean": ..., "std": ...}} with arrays broadcastable to
+    the per-sample shape (x_loaded = (x_raw - mean) / std), so that
+    `robult_jax.predict` can apply it to new raw data. None: nothing applied.
+    """
 
     spec: DatasetSpec
     train: Split
     validation: Split
     test: Split
+    input_stats: dict[str, dict[str, np.ndarray]] | None = None
 
     def __post_init__(self):
         for split in (self.train, self.validation, self.test):
             split.validate(self.spec)
+        for name, stats in (self.input_stats or {}).items():
+            if name not in self.spec.modality_names:
+                raise ValueError(
+                    f"Dataset.input_stats names {name!r}, not a modality of "
+                    f"{self.spec.modality_names}."
+                )
+            if set(stats) != {"mean", "std"}:
+                raise ValueError(
+                    f"Dataset.input_stats[{name!r}] must have keys mean and std, "
+                    f"got {sorted(stats)}."
+                )

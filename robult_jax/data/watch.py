@@ -13,7 +13,8 @@ of one recording overlap: "train" = subjects 1-7, "test" = subjects 8-10.
 `load_watch` builds once into the cache directory, then loads every window
 into numpy, holds subject `data.val_subject` out of train as the validation
 split, and standardises each channel with mean / std fitted on the remaining
-training windows only (so no validation or test statistics leak in).
+training windows only (so no validation or test statistics leak in); the
+statistics are kept in `Dataset.input_stats` for `robult_jax.predict`.
 
 Data config fields read:
   data_dir:    cache directory (see `registry.resolve_data_dir`).
@@ -279,4 +280,5 @@ def load_watch(data_config: Any, *, source_path: str | None = None) -> Dataset:
         train=apply_normaliser(train, stats),
         validation=apply_normaliser(validation, stats),
         test=apply_normaliser(test, stats),
+        input_stats={name: {"mean": mean, "std": std} for name, (mean, std) in stats.items()},
     )

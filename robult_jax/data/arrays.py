@@ -1,0 +1,429 @@
+"""arrays: bring your own data as numpy arrays (one .npz file or a directory of .npy).
+
+Shape legend: N samples (rows), M modalities, C classes (or outputs).
+
+File layout (the key names are config fields, defaults shown):
+
+  <modality>  (N, *shape) numbers, one array per name in `data.modalities`.
+              NaN anywhere in a sample's array marks that modality missing for
+              that sample (its values are then zeroed; the model never reads them).
+  labels      multiclass: (N,) integer class ids 0..C-1, or (N,) strings (the
+              classes are then the sorted distinct strings); multilabel: (N, C)
+              of 0/1; regression: (N,) finite floats.
+  mask        optional (N, M) bool (or 0/1): True = modality present. Columns
+              follow the modality names sorted alphabetically (the order of
+              `Dataset.spec.modalities`). Missing = mask False OR any NaN.
+  split       optional (N,) strings "train" / "validation" / "test" or ints
+              0 / 1 / 2. Without it the rows are split at random with seed
+              `data.split_seed`, stratified by class for multiclass.
+
+A directory holds the same arrays as `<key>.npy` files, e.g. `acc.npy`,
+`labels.npy`. Files are read with `allow_pickle=False`: save numbers or
+fixed-width strings (`np.asarray(x, dtype=str)`), not Python objects.
+
+With `data.normalize`, each modality is standardised per feature (the last
+axis: features of a vector, channels of a time series or image) with mean and
+std fitted on the train split's *present* entries only, recorded in
+`Dataset.input_stats` (and so in `<workdir>/input_stats.npz` for
+`robult_jax.predict`). The last channel of a "sequence" modality (its validity
+flag) is left as it is.
+
+Data config fields read (`data.`):
+  path:          the .npz file or the directory of .npy files (required).
+  modalities:    ConfigDict name -> kind ("vector" (F,) | "timeseries" (T, F) |
+                 "image" (H, W[, C]) | "sequence" (T, F + 1)); per-sample shapes
+                 are read from the arrays.
+  label_key:     name of the labels array (default "labels").
+  mask_key:      name of the optional mask array (default "mask"; "" = never read).
+  split_key:     name of the optional split array (default "split"; "" = never read).
+  val_fraction, test_fraction: of all rows, for the random split (default 0.2 each).
+  split_seed:    seed of the random split (default 0).
+  task:          "multiclass" (default) | "multilabel" | "regression".
+  num_classes:   0 = inferred from the labels.
+  class_names:   optional names of the classes (default: the label strings, or "0".."C-1").
+  normalize:     standardise inputs as above (default True).
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+import zlib
+from typing import Any
+
+import numpy as np
+
+from robult_jax.data.types import MODALITY_KINDS, TASKS, Dataset, DatasetSpec, ModalitySpec, Split
+
+SPLITS = ("train", "validation", "test")
+# Per-sample ranks each kind accepts (the default encoder of the kind must take them).
+KIND_RANKS = {"vector": (1,), "timeseries": (2,), "image": (2, 3), "sequence": (2,)}
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+_MAX_LISTED = 10  # rows named in an error message
+
+
+def _rows_text(rows: np.ndarray) -> str:
+    shown = ", ".join(str(int(r)) for r in rows[:_MAX_LISTED])
+    more = f" and {len(rows) - _MAX_LISTED} more" if len(rows) > _MAX_LISTED else ""
+    return f"{shown}{more}"
+
+
+class ArrayFile:
+    """The arrays of a .npz file or of a directory of .npy files; use as a context manager."""
+
+    def __init__(self, path: str):
+        self.path = os.fspath(path)
+        self._npz = None
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(
+                f"{self.path} not found; give a .npz file or a directory of .npy files."
+            )
+        if os.path.isdir(self.path):
+            files = sorted(f for f in os.listdir(self.path) if f.endswith(".npy"))
+            self.names = tuple(f[: -len(".npy")] for f in files)
+            return
+        try:
+            loaded = np.load(self.path, allow_pickle=False)
+        except _READ_ERRORS as e:
+            raise ValueError(
+                f"{self.path} is not a readable .npz file ({type(e).__name__}: {e}); "
+                "write it with np.savez(path, name=array, ...)."
+            ) from None
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError(
+                f"{self.path} holds a single array, not a .npz archive of named arrays; "
+                "write it with np.savez(path, name=array, ...) or use a directory of .npy files."
+            )
+        self._npz = loaded
+        self.names = tuple(loaded.files)
+
+    def __enter__(self) -> ArrayFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._npz is not None:
+            self._npz.close()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.names
+
+    def where(self, key: str) -> str:
+        """How to name array `key` in a message: the .npy file, or file['key']."""
+        if self._npz is None:
+            return os.path.join(self.path, f"{key}.npy")
+        return f"{self.path}[{key!r}]"
+
+    def get(self, key: str, role: str) -> np.ndarray:
+        """Array `key`; `role` says why it is needed (for the message when it is absent)."""
+        if key not in self.names:
+            what = ".npy files" if self._npz is None else "arrays"
+            present = ", ".join(self.names) or "none"
+            raise ValueError(
+                f"{self.where(key)} not found ({role}); {what} present in {self.path}: {present}."
+            )
+        try:
+            if self._npz is not None:
+                return np.asarray(self._npz[key])
+            return np.load(self.where(key), allow_pickle=False)
+        except _READ_ERRORS as e:
+            hint = ""
+            if "allow_pickle" in str(e):
+                hint = " It holds Python objects: save numbers or np.asarray(x, dtype=str)."
+            raise ValueError(
+                f"{self.where(key)} could not be read ({type(e).__name__}: {e}).{hint}"
+            ) from None
+
+
+def _get(data_config: Any, key: str, default: Any) -> Any:
+    value = data_config.get(key, default) if hasattr(data_config, "get") else default
+    return default if value is None else value
+
+
+def _labels(
+    raw: np.ndarray, where: str, task: str, num_classes: int, class_names: tuple[str, ...]
+) -> tuple[np.ndarray, int, tuple[str, ...]]:
+    """Checked labels, number of outputs and class names for `task`."""
+    if task == "multiclass":
+        if raw.ndim != 1:
+            raise ValueError(f"{where}: multiclass labels must be (N,), got shape {raw.shape}.")
+        if raw.dtype.kind in "US":
+            names, ids = np.unique(raw.astype(str), return_inverse=True)
+            if num_classes and num_classes != len(names):
+                raise ValueError(
+                    f"{where}: {len(names)} distinct label strings but data.num_classes="
+                    f"{num_classes}."
+                )
+            return ids.astype(np.int32), len(names), tuple(class_names or names.tolist())
+        if raw.dtype.kind not in "iubf":
+            raise ValueError(f"{where}: multiclass labels must be integers, got dtype {raw.dtype}.")
+        as_float = raw.astype(np.float64)
+        bad = np.flatnonzero(~np.isfinite(as_float) | (as_float != np.round(as_float)))
+        if bad.size:
+            raise ValueError(
+                f"{where}: multiclass labels must be integer class ids; rows {_rows_text(bad)} "
+                f"hold {raw[bad][:_MAX_LISTED].tolist()}."
+            )
+        labels = raw.astype(np.int64)
+        n_out = num_classes or (int(labels.max()) + 1 if labels.size else 0)
+        bad = np.flatnonzero((labels < 0) | (labels >= n_out))
+        if bad.size:
+            raise ValueError(
+                f"{where}: labels must lie in 0..{n_out - 1} (data.num_classes={num_classes}, "
+                f"0 = inferred); rows {_rows_text(bad)} hold {labels[bad][:_MAX_LISTED].tolist()}."
+            )
+        if n_out < 2:
+            raise ValueError(f"{where}: multiclass labels need at least 2 classes, found {n_out}.")
+        names = class_names or tuple(str(c) for c in range(n_out))
+        return labels.astype(np.int32), n_out, tuple(names)
+    if task == "multilabel":
+        if raw.ndim != 2:
+            raise ValueError(f"{where}: multilabel labels must be (N, C), got shape {raw.shape}.")
+        bad = np.flatnonzero(~np.isin(raw, (0, 1)).all(axis=1))
+        if bad.size:
+            raise ValueError(f"{where}: multilabel labels must be 0/1; rows {_rows_text(bad)}.")
+        if num_classes and num_classes != raw.shape[1]:
+            raise ValueError(
+                f"{where}: labels have {raw.shape[1]} columns but data.num_classes={num_classes}."
+            )
+        names = class_names or tuple(str(c) for c in range(raw.shape[1]))
+        return raw.astype(np.float32), raw.shape[1], tuple(names)
+    # regression
+    raw = raw.reshape(len(raw)) if raw.ndim == 2 and raw.shape[1] == 1 else raw
+    if raw.ndim != 1 or raw.dtype.kind not in "iuf":
+        raise ValueError(
+            f"{where}: regression labels must be (N,) numbers, got {raw.shape} {raw.dtype}."
+        )
+    bad = np.flatnonzero(~np.isfinite(raw))
+    if bad.size:
+        raise ValueError(f"{where}: regression labels must be finite; rows {_rows_text(bad)}.")
+    return raw.astype(np.float32), 1, tuple(class_names)
+
+
+def check_modality(where: str, name: str, kind: str, x: np.ndarray) -> np.ndarray:
+    """`x` as float64 after checking its rank for `kind`, its dtype and for infinities."""
+    if x.dtype.kind not in "biuf":
+        raise ValueError(f"{where}: modality {name!r} must hold numbers, got dtype {x.dtype}.")
+    if x.ndim - 1 not in KIND_RANKS[kind]:
+        raise ValueError(
+            f"{where}: modality {name!r} of kind {kind!r} needs a per-sample shape of rank "
+            f"{' or '.join(map(str, KIND_RANKS[kind]))}, got {x.shape[1:]} (array {x.shape})."
+        )
+    x = x.astype(np.float64)
+    inf_rows = np.flatnonzero(np.isinf(x).reshape(len(x), -1).any(axis=1))
+    if inf_rows.size:
+        raise ValueError(
+            f"{where}: rows {_rows_text(inf_rows)} hold infinite values; mark missing entries "
+            "with NaN (or the mask), not inf."
+        )
+    return x
+
+
+def check_mask(where: str, mask: np.ndarray, n: int, names: list[str] | tuple) -> np.ndarray:
+    """A user's (N, M) presence mask as bool, columns in the order of `names`."""
+    if mask.shape != (n, len(names)) or mask.dtype.kind not in "biu":
+        raise ValueError(
+            f"{where}: the mask must be (N, M) = {(n, len(names))} bool (or 0/1) with columns "
+            f"{', '.join(names)}; got shape {mask.shape}, dtype {mask.dtype}."
+        )
+    if not np.isin(mask, (0, 1)).all():
+        raise ValueError(f"{where}: the mask must hold only True/False (or 0/1).")
+    return mask.astype(bool)
+
+
+def nan_rows(x_NxS: np.ndarray) -> np.ndarray:
+    """(N,) True where a sample's array holds any NaN (= modality missing)."""
+    return np.isnan(x_NxS).reshape(len(x_NxS), -1).any(axis=1)
+
+
+def fit_stats(x_NxS: np.ndarray, present_N: np.ndarray, kind: str) -> dict[str, np.ndarray]:
+    """Per-feature (last axis) mean and std over the present rows, float64."""
+    x = x_NxS[present_N]
+    # A 2-D image has no channel axis: one mean / std for all its pixels.
+    axes = tuple(range(x.ndim)) if kind == "image" and x.ndim == 3 else tuple(range(x.ndim - 1))
+    mean, std = x.mean(axis=axes), x.std(axis=axes)
+    # Floor on std: a constant feature would otherwise divide by zero.
+    std = np.maximum(std, 1e-6)
+    if kind == "sequence":  # the last channel is a 0/1 validity flag: leave it as it is
+        mean[..., -1], std[..., -1] = 0.0, 1.0
+    return {"mean": mean, "std": std}
+
+
+def prepare(
+    x_NxS: np.ndarray, present_N: np.ndarray, stats: dict[str, np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 model input, presence): NaN rows absent, standardised, absent rows zeroed.
+
+    The same function prepares training data (here) and new data
+    (`robult_jax.predict`), so both see bit-identical inputs.
+    """
+    present_N = present_N & ~nan_rows(x_NxS)
+    x = np.asarray(x_NxS, np.float64)
+    if stats is not None:
+        x = (x - stats["mean"]) / stats["std"]
+    keep = present_N.reshape((-1,) + (1,) * (x.ndim - 1))
+    return np.where(keep, x, 0.0).astype(np.float32), present_N
+
+
+def _split_ids(raw: np.ndarray, where: str, n: int) -> np.ndarray:
+    """(N,) split ids 0/1/2 from strings or ints."""
+    if raw.shape != (n,):
+        raise ValueError(f"{where}: the split must be (N,) = ({n},), got shape {raw.shape}.")
+    if raw.dtype.kind in "US":
+        lookup = {s: i for i, s in enumerate(SPLITS)}
+        ids = np.array([lookup.get(v, -1) for v in raw.astype(str).tolist()], np.int64)
+    elif raw.dtype.kind in "iu":
+        ids = np.where(np.isin(raw, (0, 1, 2)), raw, -1).astype(np.int64)
+    else:
+        ids = np.full(n, -1)
+    bad = np.flatnonzero(ids < 0)
+    if bad.size:
+        values = sorted({str(v) for v in raw[bad].tolist()})[:_MAX_LISTED]
+        raise ValueError(
+            f"{where}: split values must be 'train', 'validation', 'test' (or 0, 1, 2); "
+            f"rows {_rows_text(bad)} hold {values}."
+        )
+    return ids
+
+
+def random_split(
+    labels: np.ndarray, *, val_fraction: float, test_fraction: float, seed: int, stratify: bool
+) -> np.ndarray:
+    """(N,) split ids 0/1/2: round(fraction * N) validation and test rows, the rest train.
+
+    Stratified: each row's rank within its class (random order), divided by
+    the class size, orders the rows; test takes the lowest such quantiles,
+    then validation. Every class thus gives each split about its share.
+    """
+    n = len(labels)
+    rng = np.random.default_rng(seed)
+    if stratify:
+        quantile = np.empty(n)
+        for c in np.unique(labels):
+            rows = rng.permutation(np.flatnonzero(labels == c))
+            quantile[rows] = (np.arange(len(rows)) + 0.5) / len(rows)
+        order = np.argsort(quantile, kind="stable")
+    else:
+        order = rng.permutation(n)
+    n_test = max(1, int(round(test_fraction * n)))
+    n_val = max(1, int(round(val_fraction * n)))
+    ids = np.zeros(n, np.int64)
+    ids[order[:n_test]] = 2
+    ids[order[n_test : n_test + n_val]] = 1
+    return ids
+
+
+def load_arrays(data_config: Any) -> Dataset:
+    """Registry entry "arrays": the user's arrays as a Dataset (see the module docstring)."""
+    path = os.fspath(_get(data_config, "path", ""))
+    if not path:
+        raise ValueError(
+            "data.path is empty: point it at your .npz file or directory of .npy files, "
+            "e.g. --config.data.path=my_data.npz."
+        )
+    kinds = dict(_get(data_config, "modalities", {}))
+    if not kinds:
+        raise ValueError("data.modalities is empty; map each modality array name to its kind.")
+    for name, kind in kinds.items():
+        if kind not in MODALITY_KINDS:
+            raise ValueError(
+                f"data.modalities[{name!r}] = {kind!r} is not a known kind; allowed: "
+                f"{', '.join(MODALITY_KINDS)}."
+            )
+    names = sorted(kinds)  # the spec order, and the order of the mask columns
+    task = _get(data_config, "task", "multiclass")
+    if task not in TASKS:
+        raise ValueError(f"data.task={task!r} is not one of {', '.join(TASKS)}.")
+    label_key = _get(data_config, "label_key", "labels")
+    mask_key = _get(data_config, "mask_key", "mask")
+    split_key = _get(data_config, "split_key", "split")
+    val_fraction = float(_get(data_config, "val_fraction", 0.2))
+    test_fraction = float(_get(data_config, "test_fraction", 0.2))
+
+    with ArrayFile(path) as f:
+        raw_labels = f.get(label_key, "data.label_key")
+        raws = {name: f.get(name, "named in data.modalities") for name in names}
+        raw_mask = f.get(mask_key, "data.mask_key") if mask_key and mask_key in f else None
+        raw_split = f.get(split_key, "data.split_key") if split_key and split_key in f else None
+        where = f.where
+
+    if raw_labels.ndim == 0:
+        raise ValueError(f"{where(label_key)}: labels must have one row per sample, got a scalar.")
+    n = len(raw_labels)
+    for key, arr in [*raws.items(), (mask_key, raw_mask), (split_key, raw_split)]:
+        if arr is not None and (arr.ndim == 0 or len(arr) != n):
+            rows = "a scalar" if arr.ndim == 0 else f"{len(arr)} rows"
+            raise ValueError(
+                f"{path}: array {key!r} has {rows} but {label_key!r} has {n}; every array "
+                "needs one row per sample, in the same order."
+            )
+    labels, num_outputs, class_names = _labels(
+        raw_labels,
+        where(label_key),
+        task,
+        int(_get(data_config, "num_classes", 0)),
+        tuple(_get(data_config, "class_names", ())),
+    )
+    xs = {name: check_modality(where(name), name, kinds[name], raws[name]) for name in names}
+    present_NxM = np.ones((n, len(names)), bool)
+    if raw_mask is not None:
+        present_NxM = check_mask(where(mask_key), raw_mask, n, names)
+    present_NxM &= ~np.stack([nan_rows(xs[name]) for name in names], axis=1)
+
+    if raw_split is not None:
+        split_ids = _split_ids(raw_split, where(split_key), n)
+    else:
+        if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
+            raise ValueError(
+                f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must "
+                "be > 0 with a sum below 1."
+            )
+        split_ids = random_split(
+            labels,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=int(_get(data_config, "split_seed", 0)),
+            stratify=task == "multiclass",
+        )
+    rows = {s: np.flatnonzero(split_ids == i) for i, s in enumerate(SPLITS)}
+    for s, r in rows.items():
+        if not r.size:
+            raise ValueError(f"{path}: the {s!r} split has no rows; each split needs at least one.")
+    train_present = present_NxM[rows["train"]]
+    empty = rows["train"][~train_present.any(axis=1)]
+    if empty.size:
+        raise ValueError(
+            f"{path}: training rows {_rows_text(empty)} have every modality missing (mask or "
+            "NaN); drop them or give them a split other than train."
+        )
+    for j, name in enumerate(names):
+        if not train_present[:, j].any():
+            raise ValueError(
+                f"{path}: modality {name!r} is missing in every training row; the model "
+                "cannot learn it. Drop it from data.modalities."
+            )
+
+    stats = None
+    if _get(data_config, "normalize", True):
+        stats = {
+            name: fit_stats(xs[name][rows["train"]], train_present[:, j], kinds[name])
+            for j, name in enumerate(names)
+        }
+    prepared = [
+        prepare(xs[name], present_NxM[:, j], stats and stats[name]) for j, name in enumerate(names)
+    ]
+    inputs = {name: x for name, (x, _) in zip(names, prepared, strict=True)}
+    spec = DatasetSpec(
+        name="arrays",
+        modalities=tuple(ModalitySpec(name, xs[name].shape[1:], kinds[name]) for name in names),
+        task=task,
+        num_outputs=num_outputs,
+        class_names=class_names,
+    )
+
+    def split(r: np.ndarray) -> Split:
+        return Split({k: v[r] for k, v in inputs.items()}, labels[r], present_NxM[r])
+
+    return Dataset(spec, *(split(rows[s]) for s in SPLITS), input_stats=stats)

@@ -1,0 +1,298 @@
+"""Predict with a trained workdir on new data in which any modality may be missing.
+
+  python -m robult_jax.predict --workdir runs/watch --input new.npz --output preds.npz
+
+Shape legend: N samples, M modalities, C classes (or outputs).
+
+Input: a .npz file (or a directory of .npy files) holding one *raw* array per
+modality the model was trained on, named as in training, (N, *shape); the
+normalisation the training loader applied (`<workdir>/input_stats.npz`) is
+applied here. A sample's modality counts as missing where its array holds any
+NaN, or where the optional "mask" array ((N, M) bool, columns in the model's
+modality order, written to the output as `modality_names`) is False. An array
+absent from the file is an error, unless the mask marks that modality False
+for every sample. Other arrays (labels, split, ...) are ignored.
+
+Output .npz: probabilities (N, C) (softmax for multiclass, sigmoid for
+multilabel, the value itself for regression), predictions ((N,) class ids;
+(N, C) 0/1 for multilabel; (N,) values for regression), logits (N, C),
+mask (N, M) as used, modality_names (M,) and class_names (C,).
+
+The model is the best-on-validation checkpoint of the run (`<workdir>/best`);
+`load_trained` and `predict_arrays` do the same from Python.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+
+from robult_jax import checkpointing, evaluate, models, objective, parallel, train
+from robult_jax.data import arrays
+from robult_jax.data.types import DatasetSpec, ModalitySpec, Split
+
+
+@dataclasses.dataclass
+class Trained:
+    """A trained run, restored from its workdir, ready to predict."""
+
+    workdir: str
+    config: ml_collections.ConfigDict  # from config.json
+    spec: DatasetSpec  # from dataset_spec.json
+    model: models.Robult
+    params: Any  # of the best checkpoint, replicated on `mesh`
+    best_step: int
+    input_stats: dict[str, dict[str, np.ndarray]] | None  # from input_stats.npz
+    mesh: jax.sharding.Mesh
+    predict_fn: evaluate.PredictFn  # jitted once, reused by every predict_arrays call
+
+
+def _train_hint(workdir: str) -> str:
+    return (
+        f"train first: python -m robult_jax.main --config configs/<your config>.py "
+        f"--workdir {workdir}"
+    )
+
+
+def _read_spec(path: str) -> DatasetSpec:
+    with open(path) as f:
+        d = json.load(f)
+    return DatasetSpec(
+        name=d["name"],
+        modalities=tuple(
+            ModalitySpec(m["name"], tuple(m["shape"]), m["kind"]) for m in d["modalities"]
+        ),
+        task=d["task"],
+        num_outputs=d["num_outputs"],
+        class_names=tuple(d["class_names"]),
+    )
+
+
+def _read_stats(path: str) -> dict[str, dict[str, np.ndarray]] | None:
+    if not os.path.exists(path):
+        return None  # the loader normalised nothing
+    stats: dict[str, dict[str, np.ndarray]] = {}
+    with np.load(path, allow_pickle=False) as f:
+        for key in f.files:
+            name, stat = key.rsplit("/", 1)
+            stats.setdefault(name, {})[stat] = f[key]
+    return stats
+
+
+def load_trained(workdir: str) -> Trained:
+    """Restores the best checkpoint of `workdir` with the config and spec it was trained on."""
+    workdir = os.fspath(workdir)
+    if not os.path.isfile(os.path.join(workdir, "config.json")):
+        raise FileNotFoundError(
+            f"{workdir} holds no training run (no config.json); " + _train_hint(workdir)
+        )
+    spec_path = os.path.join(workdir, "dataset_spec.json")
+    if not os.path.isfile(spec_path):
+        raise FileNotFoundError(
+            f"{spec_path} not found: the run predates it. Run its training command again with "
+            f"the same --workdir (it resumes and writes the file)."
+        )
+    best_dir = os.path.join(workdir, "best")
+    if not (os.path.isdir(best_dir) and any(s.isdigit() for s in os.listdir(best_dir))):
+        raise FileNotFoundError(
+            f"{workdir} has no best checkpoint yet ({best_dir} is empty; it is written at each "
+            f"validation, every train.eval_every steps); " + _train_hint(workdir)
+        )
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    spec = _read_spec(spec_path)
+    model = models.build_model(config.model, spec)
+
+    # Restore onto the shapes of a freshly built state (nothing allocated twice).
+    tx = objective.make_optimizer(config.optim, config.train.num_steps)
+    batch = {
+        "inputs": {m.name: np.zeros((1, *m.shape), np.float32) for m in spec.modalities},
+        "mask": np.ones((1, spec.num_modalities), bool),
+    }
+    shapes = jax.eval_shape(
+        lambda k: train.create_state(config, model, tx, spec, k, batch), jax.random.key(0)
+    )
+    mesh = parallel.make_mesh()
+    sharding = parallel.replicated(mesh)
+    abstract = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes
+    )
+    ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    try:
+        best_step = ckpt.best_step()
+        state = ckpt.restore_best(abstract)
+    finally:
+        ckpt.close()
+    return Trained(
+        workdir=workdir,
+        config=config,
+        spec=spec,
+        model=model,
+        params=state.params,
+        best_step=int(best_step),
+        input_stats=_read_stats(os.path.join(workdir, "input_stats.npz")),
+        mesh=mesh,
+        predict_fn=evaluate.make_predict_fn(model),
+    )
+
+
+def _rows_shape(shape: tuple[int, ...]) -> str:
+    return f"(N, {', '.join(map(str, shape))})"
+
+
+def _outputs(task: str, logits_NxC: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, predictions) for `task`."""
+    if task == "multiclass":
+        z = logits_NxC - logits_NxC.max(axis=1, keepdims=True)
+        probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        return probs.astype(np.float32), logits_NxC.argmax(axis=1).astype(np.int32)
+    if task == "multilabel":
+        probs = (1.0 / (1.0 + np.exp(-logits_NxC))).astype(np.float32)
+        return probs, (probs > 0.5).astype(np.int32)
+    return logits_NxC.astype(np.float32), logits_NxC[:, 0].astype(np.float32)
+
+
+def predict_arrays(
+    trained: Trained,
+    inputs: dict[str, np.ndarray],
+    mask: np.ndarray | None = None,
+    *,
+    where: Callable[[str], str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Class probabilities and predictions for raw `inputs` {modality: (N, *shape)}.
+
+    A modality is missing for a sample where its array holds NaN or `mask`
+    ((N, M) bool, columns in `trained.spec.modality_names` order) is False; an
+    array may be left out only if `mask` marks it False for every sample.
+    `where(key)` names array `key` in error messages (default "inputs['key']").
+    Returns the arrays described in the module docstring.
+    """
+    where = where or (lambda key: f"inputs[{key!r}]")
+    spec = trained.spec
+    names = list(spec.modality_names)
+    given = [name for name in names if name in inputs]
+    sizes = {where(k): len(np.asarray(inputs[k])) for k in given}
+    if mask is not None:
+        sizes[where("mask")] = len(np.asarray(mask))
+    if len(set(sizes.values())) > 1:
+        raise ValueError(
+            "Inputs differ in length (one row per sample in all of them): "
+            + ", ".join(f"{k} has {v} rows" for k, v in sizes.items())
+            + "."
+        )
+    n = next(iter(sizes.values()), 0)
+    if n == 0:
+        raise ValueError(f"No samples to predict: give arrays named {', '.join(names)}.")
+    present_NxM = np.ones((n, len(names)), bool)
+    if mask is not None:
+        present_NxM = arrays.check_mask(where("mask"), np.asarray(mask), n, names)
+    stats = trained.input_stats or {}
+    xs = {}
+    for j, m in enumerate(spec.modalities):
+        if m.name not in inputs:
+            if present_NxM[:, j].any():
+                found = ", ".join(sorted(inputs)) or "none"
+                expected = ", ".join(f"{k.name} {_rows_shape(k.shape)}" for k in spec.modalities)
+                raise ValueError(
+                    f"{where(m.name)} not found; the model expects arrays {expected} (found: "
+                    f"{found}). To predict without {m.name!r}, fill it with NaN "
+                    f"or give a mask whose {m.name!r} column is False."
+                )
+            x = np.zeros((n, *m.shape))
+        else:
+            x = np.asarray(inputs[m.name])
+            if x.shape[1:] != m.shape:
+                raise ValueError(
+                    f"{where(m.name)} has per-sample shape {x.shape[1:]} (array {x.shape}); the "
+                    f"model expects {m.shape}, i.e. an array of shape {_rows_shape(m.shape)}."
+                )
+            x = arrays.check_modality(where(m.name), m.name, m.kind, x)
+        xs[m.name], present_NxM[:, j] = arrays.prepare(x, present_NxM[:, j], stats.get(m.name))
+
+    split = Split(inputs=xs, labels=np.zeros(n, np.int32), mask=present_NxM)
+    ndev = trained.mesh.devices.size
+    batch_size = -(-trained.config.eval.batch_size // ndev) * ndev  # a multiple of the devices
+    logits = evaluate.predict_split(
+        trained.predict_fn,
+        trained.params,
+        split,
+        spec,
+        present_NxM,
+        batch_size=batch_size,
+        mesh=trained.mesh,
+    ).astype(np.float32)
+    probs, preds = _outputs(spec.task, logits)
+    class_names = spec.class_names
+    if not class_names and spec.task != "regression":
+        class_names = tuple(str(c) for c in range(spec.num_outputs))
+    return {
+        "probabilities": probs,
+        "predictions": preds,
+        "logits": logits,
+        "mask": present_NxM,
+        "modality_names": np.array(names),
+        "class_names": np.array(
+            class_names if spec.task != "regression" else spec.class_names, dtype=str
+        ),
+    }
+
+
+def predict_file(trained: Trained, path: str, *, mask_key: str = "mask") -> dict[str, np.ndarray]:
+    """`predict_arrays` on a .npz file or a directory of .npy files."""
+    with arrays.ArrayFile(path) as f:
+        inputs = {k: f.get(k, "a model modality") for k in trained.spec.modality_names if k in f}
+        mask = f.get(mask_key, "mask") if mask_key and mask_key in f else None
+        if not inputs and mask is None:
+            raise ValueError(
+                f"{path} holds none of the arrays the model expects "
+                f"({', '.join(trained.spec.modality_names)}); arrays present: "
+                f"{', '.join(f.names) or 'none'}."
+            )
+        return predict_arrays(trained, inputs, mask, where=f.where)
+
+
+def write_predictions(path: str, result: dict[str, np.ndarray]) -> None:
+    """Writes `result` as a .npz (atomically: a failed write leaves no partial file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **result)
+    os.replace(tmp, path)
+
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a finished training run.")
+_INPUT = flags.DEFINE_string("input", None, "A .npz file (or directory of .npy) of raw inputs.")
+_OUTPUT = flags.DEFINE_string("output", None, "Where to write the predictions (.npz).")
+_MASK_KEY = flags.DEFINE_string("mask_key", "mask", "Name of the optional (N, M) mask array.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    train.enable_compilation_cache()
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every restore step at INFO
+    try:
+        trained = load_trained(_WORKDIR.value)
+        result = predict_file(trained, _INPUT.value, mask_key=_MASK_KEY.value)
+        write_predictions(_OUTPUT.value, result)
+    except (ValueError, FileNotFoundError) as e:
+        # Expected user errors: one clear message, no traceback.
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    mask = result["mask"]
+    print(
+        f"Wrote predictions for {len(mask)} samples to {_OUTPUT.value} (best checkpoint of "
+        f"step {trained.best_step}); {int((~mask).any(axis=1).sum())} samples had a missing "
+        f"modality, {int((~mask).all(axis=1).sum())} had none present."
+    )
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir", "input", "output"])
+    app.run(main)
