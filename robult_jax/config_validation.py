@@ -72,6 +72,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def validate_against_dataset(config: ml_collections.ConfigDict, spec) -> None:
     """Checks that need the dataset's modality names."""
     names = [m.name for m in spec.modalities]
+    rates = tuple(config.data.get("modality_dropout_rates", ()))
+    _check(
+        not rates or (len(rates) == len(names) and all(0 <= r < 1 for r in rates)),
+        f"data.modality_dropout_rates={rates} must be empty or hold {len(names)} rates in "
+        f"[0, 1), one per modality in the order {', '.join(names)}.",
+    )
+    for pattern in config.eval.get("per_modality_rates", ()):
+        _check(
+            len(pattern) == len(names) and all(0 <= r < 1 for r in pattern),
+            f"eval.per_modality_rates entry {tuple(pattern)} must hold {len(names)} rates in "
+            f"[0, 1), one per modality in the order {', '.join(names)}.",
+        )
     for name in config.model.encoders.keys():
         _check(
             name in names,

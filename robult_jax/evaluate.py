@@ -135,20 +135,37 @@ def evaluate_random_missing(
     seeds: tuple[int, ...],
     batch_size: int,
     mesh: jax.sharding.Mesh,
+    masks_out: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, dict], dict[str, str]]:
-    """Metrics per rate (mean/std over mask seeds) and the hash of every mask used."""
+    """Metrics per rate (mean/std over mask seeds) and the hash of every mask used.
+
+    `rates` holds floats (every modality absent with that probability) or
+    tuples of one rate per modality (test-time patterns that differ from the
+    training ones). Masks are also stored in `masks_out` when given.
+    """
     n, m = split.labels.shape[0], len(spec.modalities)
+    names = [mod.name for mod in spec.modalities]
     results, hashes = {}, {}
     for rate in rates:
         per_seed = []
+        if isinstance(rate, tuple | list):
+            key = ",".join(f"{name}={r:g}" for name, r in zip(names, rate, strict=True))
+        else:
+            key = f"{rate:g}"
         for seed in seeds:
-            mask_NxM = masks_lib.random_missing(n, m, rate, seed)
-            hashes[f"rate={rate:g}/seed={seed}"] = masks_lib.mask_hash(mask_NxM)
+            if isinstance(rate, tuple | list):
+                mask_NxM = masks_lib.per_modality_missing(n, rate, seed)
+            else:
+                mask_NxM = masks_lib.random_missing(n, m, rate, seed)
+            mask_name = f"rate={key}/seed={seed}"
+            hashes[mask_name] = masks_lib.mask_hash(mask_NxM)
+            if masks_out is not None:
+                masks_out[mask_name] = mask_NxM
             logits = predict_split(
                 predict, params, split, spec, mask_NxM, batch_size=batch_size, mesh=mesh
             )
             per_seed.append(task_metrics(spec, logits, split.labels))
-        results[f"{rate:g}"] = {k: _mean_std([r[k] for r in per_seed]) for k in per_seed[0]}
+        results[key] = {k: _mean_std([r[k] for r in per_seed]) for k in per_seed[0]}
     return results, hashes
 
 

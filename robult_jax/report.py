@@ -29,6 +29,8 @@ import numpy as np
 from robult_jax.metrics import mean_std
 
 SECTIONS = ("subsets", "random_missing")
+# Present only when the config asks for it (eval.per_modality_rates).
+OPTIONAL_SECTIONS = ("per_modality_missing",)
 _log = logging.getLogger(__name__)
 
 
@@ -72,7 +74,7 @@ def _check_results(results: Mapping[str, Any]) -> None:
 
 
 def _provenance(results: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in results.items() if k not in SECTIONS}
+    return {k: v for k, v in results.items() if k not in SECTIONS + OPTIONAL_SECTIONS}
 
 
 def _mean_std_of(value: Any) -> tuple[float, float | None]:
@@ -156,6 +158,9 @@ def results_markdown(results: Mapping[str, Any], *, digits: int = 3) -> str:
     rows += [
         (f"missing rate {k}", results["random_missing"][k])
         for _, k in _sorted_rates(results["random_missing"])
+    ]
+    rows += [
+        (f"missing per modality {k}", v) for k, v in results.get("per_modality_missing", {}).items()
     ]
     for label, values in rows:
         cells = [_cell(values.get(m), digits) for m in metrics]

@@ -144,7 +144,8 @@ def train_and_evaluate(
         labeled_idx,
         labeled_batch=config.data.labeled_batch,
         unlabeled_batch=config.data.unlabeled_batch,
-        modality_dropout=config.data.modality_dropout,
+        modality_dropout=tuple(config.data.get("modality_dropout_rates", ()))
+        or config.data.modality_dropout,
         seed=config.seed,
     )
     model = models.build_model(config.model, spec)
@@ -219,7 +220,8 @@ def train_and_evaluate(
     best_step = ckpt.best_step()
     if best is None:  # e.g. num_steps == 0: evaluate the initial state
         best, best_step = state, int(state.step)
-    results = _final_evaluation(config, dataset, predict, best.params, eval_kw)
+    eval_masks: dict[str, np.ndarray] = {}
+    results = _final_evaluation(config, dataset, predict, best.params, eval_kw, eval_masks)
     results.update(
         best_step=int(best_step),
         label_split_hash=hashlib.sha256(np.asarray(labeled_idx, np.int64).tobytes()).hexdigest()[
@@ -228,12 +230,18 @@ def train_and_evaluate(
         num_labeled=int(len(labeled_idx)),
     )
     if jax.process_index() == 0:
+        # The exact test-time masks, re-loadable with masks.load_masks (hash-checked).
+        masks_lib.save_masks(
+            os.path.join(workdir, "eval_masks.npz"),
+            eval_masks,
+            {"split": config.eval.split, "modalities": list(spec.modality_names)},
+        )
         report.write_results(workdir, results, metric=results["primary_metric"])
     ckpt.close()
     return results
 
 
-def _final_evaluation(config, dataset, predict, params, eval_kw) -> dict:
+def _final_evaluation(config, dataset, predict, params, eval_kw, masks_out) -> dict:
     spec = dataset.spec
     test = {"test": dataset.test, "validation": dataset.validation}[config.eval.split]
     subsets = evaluate.evaluate_subsets(predict, params, test, spec, **eval_kw)
@@ -244,8 +252,22 @@ def _final_evaluation(config, dataset, predict, params, eval_kw) -> dict:
         spec,
         rates=tuple(config.eval.missing_rates),
         seeds=tuple(config.eval.mask_seeds),
+        masks_out=masks_out,
         **eval_kw,
     )
+    per_modality_rates = tuple(tuple(r) for r in config.eval.get("per_modality_rates", ()))
+    if per_modality_rates:
+        per_modality, more_hashes = evaluate.evaluate_random_missing(
+            predict,
+            params,
+            test,
+            spec,
+            rates=per_modality_rates,
+            seeds=tuple(config.eval.mask_seeds),
+            masks_out=masks_out,
+            **eval_kw,
+        )
+        hashes.update(more_hashes)
     return {
         "dataset": spec.name,
         "variant": getattr(spec, "variant", spec.name),
@@ -262,4 +284,5 @@ def _final_evaluation(config, dataset, predict, params, eval_kw) -> dict:
         "config": json.loads(config.to_json_best_effort()),
         "subsets": subsets,
         "random_missing": random_missing,
+        **({"per_modality_missing": per_modality} if per_modality_rates else {}),
     }

@@ -218,3 +218,34 @@ def test_mesh_shards_batches_across_devices():
     mesh = parallel.make_mesh()
     batch = parallel.shard_batch({"x": np.arange(8, dtype=np.float32)}, mesh)
     assert len(batch["x"].sharding.device_set) == jax.device_count()
+
+
+def test_train_and_test_missing_patterns_are_configurable_and_saved(tmp_path):
+    """Per-modality train-time dropout, per-modality test patterns, masks saved with hashes."""
+    from robult_jax import masks as masks_lib
+
+    config = _config(
+        **{
+            "data.modality_dropout_rates": (0.6, 0.0),
+            "eval.per_modality_rates": ((0.0, 0.5), (0.5, 0.0)),
+        }
+    )
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert set(results["per_modality_missing"]) == {"a=0,b=0.5", "a=0.5,b=0"}
+    assert "missing per modality a=0.5,b=0" in (tmp_path / "results.md").read_text()
+    saved, meta = masks_lib.load_masks(str(tmp_path / "eval_masks.npz"))
+    assert meta["modalities"] == ["a", "b"]
+    for name, mask in saved.items():
+        assert results["mask_hashes"][name] == masks_lib.mask_hash(mask)
+    # Pattern (0.5, 0): modality b is never dropped at test time.
+    assert saved["rate=a=0.5,b=0/seed=0"][:, 1].all()
+    assert not saved["rate=a=0.5,b=0/seed=0"][:, 0].all()
+
+
+def test_per_modality_rates_must_match_the_modalities(tmp_path):
+    with pytest.raises(ValueError, match="data.modality_dropout_rates"):
+        train.train_and_evaluate(_config(**{"data.modality_dropout_rates": (0.1,)}), str(tmp_path))
+    with pytest.raises(ValueError, match="eval.per_modality_rates"):
+        train.train_and_evaluate(
+            _config(**{"eval.per_modality_rates": ((0.1, 0.2, 0.3),)}), str(tmp_path)
+        )

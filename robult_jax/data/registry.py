@@ -30,6 +30,7 @@ _BUILTIN: dict[str, str] = {
     "watch": "robult_jax.data.watch:load_watch",
     "mfeat": "robult_jax.data.mfeat:load_mfeat",
     "synthetic": "robult_jax.data.synthetic:load_synthetic",
+    "arrays": "robult_jax.data.arrays:load_arrays",
     "av_digits": "robult_jax.data.av_digits:load_av_digits",
     "avmnist": "robult_jax.data.benchmarks.avmnist:load_avmnist",
     "mmimdb": "robult_jax.data.benchmarks.mmimdb:load_mmimdb",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -126,18 +126,27 @@ def load_label_split(
 def modality_dropout_mask(
     n: int,
     m: int,
-    rate: float,
+    rate: float | Sequence[float],
     rng: np.random.Generator,
     data_mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """(n, m) bool presence mask after training-time modality dropout.
 
     Each modality present in `data_mask` (default: all) is dropped with
-    probability `rate`. A row that would lose all its present modalities keeps
-    one of them, chosen uniformly. Absent modalities never become present; a
-    row with no modality in the data stays empty.
+    probability `rate` (a float, or one rate per modality). A row that would
+    lose all its present modalities keeps one of them, chosen uniformly.
+    Absent modalities never become present; a row with no modality in the
+    data stays empty.
     """
-    if not (0.0 <= rate < 1.0):
+    rates = np.asarray(rate, dtype=np.float64)
+    if rates.ndim == 0:
+        rates = np.full((m,), float(rates))
+    if rates.shape != (m,):
+        raise ValueError(
+            f"data.modality_dropout_rates has {rates.size} entries but the dataset has {m} "
+            "modalities; give one rate per modality, in the dataset's modality order."
+        )
+    if not np.all((rates >= 0.0) & (rates < 1.0)):
         raise ValueError(f"data.modality_dropout must be in [0, 1), got {rate!r}.")
     present = np.ones((n, m), bool) if data_mask is None else np.asarray(data_mask, bool)
     if present.shape != (n, m):
@@ -145,7 +154,7 @@ def modality_dropout_mask(
     # Draw all uniforms even when rate == 0 so the rng advances the same way.
     u = rng.random((n, m))
     pick = rng.random(n)
-    keep = present & (u >= rate)
+    keep = present & (u >= rates[None, :])
     lost_all = ~keep.any(axis=1) & present.any(axis=1)
     if lost_all.any():
         rows = np.flatnonzero(lost_all)
@@ -195,7 +204,7 @@ class SemiSupervisedSampler:
         *,
         labeled_batch: int,
         unlabeled_batch: int,
-        modality_dropout: float,
+        modality_dropout: float | Sequence[float],
         seed: int,
     ):
         n = len(split)
@@ -211,8 +220,14 @@ class SemiSupervisedSampler:
                 f"labeled_batch must be >= 1 and unlabeled_batch >= 0, got "
                 f"{labeled_batch}, {unlabeled_batch}."
             )
-        if not (0.0 <= modality_dropout < 1.0):
+        rates = np.atleast_1d(np.asarray(modality_dropout, dtype=np.float64))
+        if not np.all((rates >= 0.0) & (rates < 1.0)):
             raise ValueError(f"data.modality_dropout must be in [0, 1), got {modality_dropout!r}.")
+        if rates.size not in (1, split.mask.shape[1]):
+            raise ValueError(
+                f"data.modality_dropout_rates has {rates.size} entries but the dataset has "
+                f"{split.mask.shape[1]} modalities; give one rate per modality."
+            )
         self.split = split
         self.labeled_idx = np.sort(labeled_idx)
         unlabeled = np.setdiff1d(np.arange(n, dtype=np.int64), self.labeled_idx)
@@ -220,7 +235,8 @@ class SemiSupervisedSampler:
         self.labeled_batch = int(labeled_batch)
         self.unlabeled_batch = int(unlabeled_batch)
         self.batch_size = self.labeled_batch + self.unlabeled_batch
-        self.modality_dropout = float(modality_dropout)
+        # A float, or one rate per modality (train-time patterns may differ from test's).
+        self.modality_dropout = float(rates[0]) if rates.size == 1 else tuple(rates.tolist())
         self.seed = _check_seed(seed)
 
     def indices(self, step: int) -> np.ndarray:
