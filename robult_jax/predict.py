@@ -72,6 +72,7 @@ def _read_spec(path: str) -> DatasetSpec:
         task=d["task"],
         num_outputs=d["num_outputs"],
         class_names=tuple(d["class_names"]),
+        variant=d.get("variant", ""),
     )
 
 

@@ -81,6 +81,7 @@ def spec_to_dict(spec) -> dict:
         "task": spec.task,
         "num_outputs": spec.num_outputs,
         "class_names": list(spec.class_names),
+        "variant": spec.variant,
     }
 
 
@@ -270,7 +271,7 @@ def _final_evaluation(config, dataset, predict, params, eval_kw, masks_out) -> d
         hashes.update(more_hashes)
     return {
         "dataset": spec.name,
-        "variant": getattr(spec, "variant", spec.name),
+        "variant": spec.variant or spec.name,
         "method": config.method,
         "split": config.eval.split,
         "task": spec.task,

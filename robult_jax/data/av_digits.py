@@ -95,6 +95,7 @@ AV_DIGITS_SPEC = DatasetSpec(
     task="multiclass",
     num_outputs=len(WORDS),
     class_names=tuple(str(d) for d in range(10)),
+    variant=VARIANT,
 )
 
 # synth_fn(text, *, voice, rate, pitch) -> 1-D audio at speech.SAMPLE_RATE

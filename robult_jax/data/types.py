@@ -50,6 +50,7 @@ class DatasetSpec:
     task: str  # "multiclass" | "multilabel" | "regression"
     num_outputs: int  # classes for multiclass/multilabel, 1 for regression
     class_names: tuple[str, ...] = ()
+    variant: str = ""  # how results must name the data, e.g. "AV-MNIST-style (synthetic audio)"
 
     def __post_init__(self):
         object.__setattr__(self, "modalities", tuple(self.modalities))
