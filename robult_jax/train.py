@@ -6,7 +6,6 @@ dropout, parameter init, dropout) is a function of the seed and the step, so a
 resumed run produces exactly the states an uninterrupted one would.
 """
 
-import hashlib
 import json
 import os
 import time
@@ -183,24 +182,30 @@ def train_and_evaluate(
         batch = parallel.shard_batch(train_sampler.batch(step), mesh)
         state, metrics = train_step(state, batch, train_key)
         done = step + 1
-        if done % config.train.log_every == 0 or done == num_steps:
+        log = done % config.train.log_every == 0 or done == num_steps
+        evaluate_now = done % config.train.eval_every == 0 or done == num_steps
+        save = done % config.train.checkpoint_every == 0 or done in (num_steps, stop)
+        if log or evaluate_now or save:
+            # Device values are fetched only here; a non-finite loss is caught
+            # before any state of this step can be evaluated or saved.
             metrics = jax.device_get(metrics)
             if not np.isfinite(metrics["loss"]):
                 progress.close()
                 raise NonFiniteLossError(
-                    f"Non-finite loss ({metrics['loss']}) at step {done} (logged every "
-                    f"{config.train.log_every} steps); terms: "
+                    f"Non-finite loss ({metrics['loss']}) at step {done} (checked on log, "
+                    "eval and checkpoint steps); terms: "
                     + ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
                     + ". Checkpoints already saved were left untouched; try a lower "
                     "optim.learning_rate."
                 )
+        if log:
             now = time.time()
             rate = (done - last_log_step) / max(now - last_log_time, 1e-9)
             last_log_time, last_log_step = now, done
             writer.write(done, {f"train/{k}": v for k, v in metrics.items()})
             writer.write(done, {"train/steps_per_sec": rate})
             progress.update(0, loss=f"{float(metrics['loss']):.3f}", steps_s=f"{rate:.1f}")
-        if done % config.train.eval_every == 0 or done == num_steps:
+        if evaluate_now:
             val = evaluate.evaluate_subsets(
                 predict, state.params, dataset.validation, spec, **eval_kw
             )
@@ -208,7 +213,7 @@ def train_and_evaluate(
             flat = {f"eval/val/{s}/{k}": v for s, r in val.items() for k, v in r.items()}
             writer.write(done, {**flat, "eval/val/score": score})
             ckpt.save_best(done, state, score)
-        if done % config.train.checkpoint_every == 0 or done in (num_steps, stop):
+        if save:
             ckpt.save(done, state)
         progress.update(1)
     progress.close()
@@ -225,9 +230,7 @@ def train_and_evaluate(
     results = _final_evaluation(config, dataset, predict, best.params, eval_kw, eval_masks)
     results.update(
         best_step=int(best_step),
-        label_split_hash=hashlib.sha256(np.asarray(labeled_idx, np.int64).tobytes()).hexdigest()[
-            :16
-        ],
+        label_split_hash=sampler.indices_sha256(labeled_idx),
         num_labeled=int(len(labeled_idx)),
     )
     if jax.process_index() == 0:
