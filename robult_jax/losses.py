@@ -12,6 +12,8 @@ C classes (or outputs).
 import jax
 import jax.numpy as jnp
 
+from robult_jax.task_weights import rbf, sq_dist, task_positive_weights
+
 TASKS = ("multiclass", "multilabel", "regression")
 MODES = ("soft", "hard", "none")
 
@@ -105,16 +107,6 @@ def supervised_loss(
     return jnp.abs(logits_BxC[:, 0] - labels.astype(logits_BxC.dtype))
 
 
-def _rbf(sq_dist: jax.Array, sigma: float) -> jax.Array:
-    return jnp.exp(-sq_dist / (2.0 * sigma**2))
-
-
-def _sq_dist(a_NxP: jax.Array, b_LxP: jax.Array) -> jax.Array:
-    # Explicit differences rather than |a|^2 + |b|^2 - 2ab: exact 0 on the
-    # diagonal and never negative; B is small so the (N, L, P) tensor is cheap.
-    return jnp.sum(jnp.square(a_NxP[:, None, :] - b_LxP[None, :, :]), axis=-1)
-
-
 def positive_weights(
     labels_B: jax.Array,
     is_labeled_B: jax.Array,
@@ -132,7 +124,7 @@ def positive_weights(
     """Positive weights w_jk in [0, 1] of the soft PU contrastive loss (method.md 3.2).
 
     This docstring describes task="multiclass"; "multilabel" and "regression"
-    (see `_task_weights` and docs/task_types.md) use the same shape of rule
+    (see `task_positive_weights` and docs/task_types.md) use the same shape of rule
     with a task-specific label agreement a_jk. `label_sigma` is used by
     "regression" only; the centroids by "multiclass" only (ignored otherwise,
     so that a trainer may pass its state unconditionally).
@@ -194,7 +186,7 @@ def positive_weights(
     if task == "regression" and c != 1:
         raise ValueError(f"regression needs predictions probs_BxC of shape (B, 1), got {ref}.")
     if task != "multiclass":
-        return _task_weights(
+        return task_positive_weights(
             labels_B, is_labeled_B, probs_BxC, s_BxP, task=task, mode=mode, sigma=sigma,
             threshold=threshold, label_sigma=label_sigma,
         )  # fmt: skip
@@ -232,7 +224,7 @@ def positive_weights(
 
     s_BxP = jax.lax.stop_gradient(s_BxP).astype(dtype)
     # rho from labeled references in the batch: k_jl * [l labeled and y_l == pred_j].
-    kernel_BxB = _rbf(_sq_dist(s_BxP, s_BxP), sigma)
+    kernel_BxB = rbf(sq_dist(s_BxP, s_BxP), sigma)
     ref_BxB = lab_B[None, :] & (y_B[None, :] == pred_B[:, None])
     n_ref_B = jnp.sum(ref_BxB, axis=-1)
     rho_batch_B = jnp.sum(jnp.where(ref_BxB, kernel_BxB, 0), axis=-1) / jnp.maximum(n_ref_B, 1)
@@ -243,7 +235,7 @@ def positive_weights(
         valid_C = (
             jnp.ones((c,), bool) if centroid_valid_C is None else centroid_valid_C.astype(bool)
         )
-        rho_cent_B = _rbf(jnp.sum(jnp.square(s_BxP - cent_BxP), axis=-1), sigma)
+        rho_cent_B = rbf(jnp.sum(jnp.square(s_BxP - cent_BxP), axis=-1), sigma)
         rho_fallback_B = jnp.where(valid_C[pred_B], rho_cent_B, 0)
     rho_B = jnp.where(lab_B, 1, jnp.where(n_ref_B > 0, rho_batch_B, rho_fallback_B))
 
@@ -251,78 +243,6 @@ def positive_weights(
     w_BxB = jnp.where(both_lab_BxB, same_BxB.astype(dtype), w_soft_BxB)
     w_BxB = jnp.where(eye_BxB > 0, 1, w_BxB)
     return jax.lax.stop_gradient(w_BxB)
-
-
-def _task_weights(
-    labels: jax.Array,
-    is_labeled_B: jax.Array,
-    preds_BxC: jax.Array,
-    s_BxP: jax.Array,
-    *,
-    task: str,
-    mode: str,
-    sigma: float,
-    threshold: float,
-    label_sigma: float,
-) -> jax.Array:
-    """positive_weights for "multilabel" and "regression" (docs/task_types.md).
-
-    Let q_j be j's label if labeled, else its prediction (sigmoid probabilities
-    (C,) or the predicted value). The label agreement a_jk in [0, 1] is
-
-    - multilabel: soft Jaccard index sum_c q_j q_k / sum_c (q_j + q_k - q_j q_k)
-      (1 when both sets are empty), = 1[y_j == y_k] for one-hot vectors;
-    - regression: exp(-(q_j - q_k)^2 / (2 label_sigma^2)).
-
-    "soft": w_jk = a_jk * rho_j * rho_k * pass_j * pass_k, w_jj = 1, where
-    rho = 1 for labeled rows and, for unlabeled j, the a-weighted proximity to
-    the labeled rows l of the batch (0 when sum_l a_jl = 0):
-
-        rho_j = sum_l a_jl exp(-||s_j - s_l||^2 / (2 sigma^2)) / sum_l a_jl
-
-    With one-hot a_jl = 1[y_l == argmax p_j] this is the multiclass rule.
-    pass_j: labeled, or mean_c max(p_jc, 1 - p_jc) >= threshold (multilabel);
-    always true for regression (no confidence, threshold ignored).
-    "hard": w_jk = 1[t_j == t_k] * pass_j * pass_k, w_jj = 1, with t the
-    label set thresholded at 0.5 (multilabel) or the sign q > 0 (regression).
-    """
-    b = preds_BxC.shape[0]
-    dtype = jnp.promote_types(s_BxP.dtype, jnp.float32)
-    eye_BxB = jnp.eye(b, dtype=dtype)
-    if mode == "none":
-        return eye_BxB
-    lab_B = is_labeled_B.astype(bool)
-    preds_BxC = jax.lax.stop_gradient(preds_BxC).astype(dtype)
-    # Where (not multiplication) so that nothing depends on unlabeled labels, even nan.
-    labels = jnp.where(lab_B.reshape((b,) + (1,) * (labels.ndim - 1)), labels, 0).astype(dtype)
-    if task == "multilabel":
-        q_BxC = jnp.where(lab_B[:, None], labels, preds_BxC)
-        conf_B = jnp.mean(jnp.maximum(preds_BxC, 1 - preds_BxC), axis=-1)
-        pass_B = lab_B | (conf_B >= threshold)
-        t_BxC = q_BxC > 0.5
-        same_BxB = jnp.all(t_BxC[:, None, :] == t_BxC[None, :, :], axis=-1)
-        inter_BxB = q_BxC @ q_BxC.T
-        size_B = jnp.sum(q_BxC, axis=-1)
-        union_BxB = size_B[:, None] + size_B[None, :] - inter_BxB
-        a_BxB = jnp.where(union_BxB > 0, inter_BxB / jnp.where(union_BxB > 0, union_BxB, 1), 1)
-    else:
-        q_B = jnp.where(lab_B, labels, preds_BxC[:, 0])
-        pass_B = jnp.ones((b,), bool)
-        same_BxB = (q_B[:, None] > 0) == (q_B[None, :] > 0)
-        a_BxB = _rbf(jnp.square(q_B[:, None] - q_B[None, :]), label_sigma)
-    pass_BxB = pass_B[:, None] & pass_B[None, :]
-    if mode == "hard":
-        return jnp.maximum((same_BxB & pass_BxB).astype(dtype), eye_BxB)
-
-    s_BxP = jax.lax.stop_gradient(s_BxP).astype(dtype)
-    kernel_BxB = _rbf(_sq_dist(s_BxP, s_BxP), sigma)
-    ref_a_BxB = jnp.where(lab_B[None, :], a_BxB, 0)
-    den_B = jnp.sum(ref_a_BxB, axis=-1)
-    num_B = jnp.sum(ref_a_BxB * kernel_BxB, axis=-1)
-    rho_B = jnp.where(lab_B, 1, jnp.where(den_B > 0, num_B / jnp.where(den_B > 0, den_B, 1), 0))
-    # Both labeled: rho = pass = 1, so w = a_jk, the agreement of the true labels.
-    w_BxB = a_BxB * rho_B[:, None] * rho_B[None, :] * pass_BxB
-    return jax.lax.stop_gradient(jnp.where(eye_BxB > 0, 1, w_BxB))
 
 
 def soft_pu_contrastive_loss(
