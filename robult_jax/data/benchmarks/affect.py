@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from robult_jax.data import tfds_io
 from robult_jax.data.benchmarks import common
 from robult_jax.data.registry import resolve_data_dir
 from robult_jax.data.types import Dataset, DatasetSpec, ModalitySpec, Split
@@ -270,7 +271,7 @@ def build_affect(data_dir: str, manual_dir: str, dataset: str, pickle_name: str)
     log.info("%s: %s variant, (vision, audio, text) widths %s", path, variant, dims)
     metadata = {"source_fingerprint": fp, "variant": variant, "dims": dims}
     builder = RobultAffect(data_dir=data_dir, config=config, source=source, metadata=metadata)
-    common.prepare(builder, manual_dir, dataset=dataset)
+    tfds_io.prepare(builder, dataset=dataset, manual_dir=manual_dir)
     return RobultAffect(data_dir=data_dir, config=config)
 
 
@@ -303,7 +304,7 @@ def load_affect(data_config: Any) -> Dataset:
     builder = build_affect(resolve_data_dir(data_config), manual_dir, dataset, pickle_name)
     dims = list(builder.info.metadata["dims"])
     keys = (*MODALITIES, "label")
-    splits = {s: common.read_split(builder, s, keys) for s in SPLITS.values()}
+    splits = {s: tfds_io.read_split(builder, s, keys) for s in SPLITS.values()}
     spec = DatasetSpec(
         name=dataset,
         modalities=tuple(

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from robult_jax.data import tfds_io
 from robult_jax.data.benchmarks import common
 from robult_jax.data.registry import resolve_data_dir
 from robult_jax.data.types import Dataset, DatasetSpec, ModalitySpec, Split
@@ -209,7 +210,7 @@ def build_avmnist(data_dir: str, manual_dir: str) -> RobultAvmnist:
         return builder
     source = read_avmnist_source(root)
     builder = RobultAvmnist(data_dir=data_dir, source=source, source_fingerprint=fp)
-    common.prepare(builder, manual_dir, dataset=NAME)
+    tfds_io.prepare(builder, dataset=NAME, manual_dir=manual_dir)
     return RobultAvmnist(data_dir=data_dir)
 
 
@@ -237,8 +238,8 @@ def load_avmnist(data_config: Any) -> Dataset:
         )
     builder = build_avmnist(resolve_data_dir(data_config), manual_dir)
     keys = ("image", "audio", "label")
-    train_all = common.read_split(builder, "train", keys)
-    test_all = common.read_split(builder, "test", keys)
+    train_all = tfds_io.read_split(builder, "train", keys)
+    test_all = tfds_io.read_split(builder, "test", keys)
     n_train = len(train_all["label"])
     if val_rows >= n_train:
         raise ValueError(

@@ -8,8 +8,9 @@ reads without TensorFlow.
 
 What lives here: the manual-dir and missing-file checks (one error that lists
 every expected path and where it is published), a cheap source fingerprint
-that detects a cache built from other files, the build-once helper and a
-batched reader of a whole split.
+that detects a cache built from other files and the build-once helper.
+Building and reading (`prepare`, `read_split`) live in `robult_jax.data.tfds_io`,
+shared with the packaged datasets.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import tensorflow_datasets as tfds
 
 # Bytes hashed at each end of a source file. Hashing whole files would cost
@@ -91,46 +91,3 @@ def cached_builder(
             f"rebuild it, or set data.data_dir to another cache directory."
         )
     return True
-
-
-def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str, *, dataset: str) -> None:
-    """Runs `download_and_prepare` (nothing is downloaded: files come from manual_dir)."""
-    try:
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
-        )
-    except Exception as e:
-        # tfds writes into a temporary `incomplete.*` directory and renames it
-        # only on success, so a failed build normally leaves nothing behind.
-        e.add_note(
-            f"Building the {dataset} dataset failed; if {builder.data_dir} exists, delete it "
-            f"before retrying."
-        )
-        raise
-
-
-def read_split(
-    builder: tfds.core.DatasetBuilder, split: str, keys: Sequence[str]
-) -> dict[str, np.ndarray]:
-    """Every example of `split` as stacked numpy arrays, one per key."""
-    source = builder.as_data_source(split)
-    n = len(source)
-    features = builder.info.features
-    if n == 0:
-        return {k: np.zeros((0, *_static_shape(features[k])), features[k].np_dtype) for k in keys}
-    out: dict[str, np.ndarray] = {}
-    # Batched reads in chunks: one call per example costs a Python round trip
-    # each, one call for everything would hold every decoded dict at once.
-    chunk = 4096
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-    for start in range(0, n, chunk):
-        examples = source.__getitems__(list(range(start, min(n, start + chunk))))
-        for k in keys:
-            parts[k].append(np.stack([np.asarray(ex[k]) for ex in examples]))
-    for k in keys:
-        out[k] = np.concatenate(parts[k]) if len(parts[k]) > 1 else parts[k][0]
-    return out
-
-
-def _static_shape(feature: Any) -> tuple[int, ...]:
-    return tuple(0 if d is None else d for d in feature.shape)

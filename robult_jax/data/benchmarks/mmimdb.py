@@ -40,6 +40,7 @@ import h5py
 import numpy as np
 import tensorflow_datasets as tfds
 
+from robult_jax.data import tfds_io
 from robult_jax.data.benchmarks import common
 from robult_jax.data.registry import resolve_data_dir
 from robult_jax.data.types import Dataset, DatasetSpec, ModalitySpec, Split
@@ -226,7 +227,7 @@ def build_mmimdb(data_dir: str, manual_dir: str) -> RobultMmimdb:
     builder = RobultMmimdb(
         data_dir=data_dir, source_path=path, header=header, source_fingerprint=fp
     )
-    common.prepare(builder, manual_dir, dataset=NAME)
+    tfds_io.prepare(builder, dataset=NAME, manual_dir=manual_dir)
     return RobultMmimdb(data_dir=data_dir)
 
 
@@ -285,7 +286,7 @@ def load_mmimdb(data_config: Any) -> Dataset:
     )
     builder = build_mmimdb(resolve_data_dir(data_config), manual_dir)
     class_names = tuple(builder.info.metadata["class_names"])
-    arrays = common.read_split(builder, "full", ("text", "image", "genres"))
+    arrays = tfds_io.read_split(builder, "full", ("text", "image", "genres"))
     n = len(arrays["genres"])
     train_end, val_end = split_boundaries(data_config, builder.info.metadata["file_split"], n)
     spec = DatasetSpec(

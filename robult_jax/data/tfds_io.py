@@ -1,0 +1,60 @@
+"""Building and reading this project's tfds array_record datasets (no TensorFlow).
+
+Every dataset (the packaged ones and the user-supplied benchmarks) converts
+its source once into an array_record tfds dataset and then reads whole splits
+into numpy arrays; these two steps are the same for all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+
+def prepare(
+    builder: tfds.core.DatasetBuilder, *, dataset: str, manual_dir: str | None = None
+) -> None:
+    """Runs `download_and_prepare`: nothing is downloaded, sources are local files."""
+    kwargs = {}
+    if manual_dir is not None:
+        kwargs["download_config"] = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    try:
+        builder.download_and_prepare(**kwargs)
+    except Exception as e:
+        # tfds writes into a temporary `incomplete.*` directory and renames it
+        # only on success, so a failed build normally leaves nothing behind.
+        e.add_note(
+            f"Building the {dataset} dataset failed; if {builder.data_dir} exists, delete it "
+            f"before retrying."
+        )
+        raise
+
+
+def read_split(
+    builder: tfds.core.DatasetBuilder, split: str, keys: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Every example of `split` as stacked numpy arrays, one per key."""
+    source = builder.as_data_source(split)
+    n = len(source)
+    features = builder.info.features
+    if n == 0:
+        return {k: np.zeros((0, *_static_shape(features[k])), features[k].np_dtype) for k in keys}
+    out: dict[str, np.ndarray] = {}
+    # Batched reads in chunks: one call per example costs a Python round trip
+    # each, one call for everything would hold every decoded dict at once.
+    chunk = 4096
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    for start in range(0, n, chunk):
+        examples = source.__getitems__(list(range(start, min(n, start + chunk))))
+        for k in keys:
+            parts[k].append(np.stack([np.asarray(ex[k]) for ex in examples]))
+    for k in keys:
+        out[k] = np.concatenate(parts[k]) if len(parts[k]) > 1 else parts[k][0]
+    return out
+
+
+def _static_shape(feature: Any) -> tuple[int, ...]:
+    return tuple(0 if d is None else d for d in feature.shape)
