@@ -172,8 +172,8 @@ def make_train_step(
             centroids_CxP=centroids_CxP,
             centroid_valid_C=valid_C,
         )
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
-        metrics["param_norm"] = optax.global_norm(params)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        metrics["param_norm"] = optax.tree.norm(params)
         metrics.update({f"loss_{k}": v for k, v in aux["terms"].items()})
         if "labeled_accuracy" in aux:
             metrics["labeled_accuracy"] = aux["labeled_accuracy"]
