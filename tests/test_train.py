@@ -165,7 +165,10 @@ def test_train_step_on_four_devices_matches_one_device():
         batch = parallel.shard_batch(s.batch(3), mesh)
         assert len(batch["mask"].sharding.device_set) == len(devices)
         jitted = jax.jit(step, donate_argnums=(0,))  # the trainer's exact program
-        _, metrics = jitted(parallel.replicate(state, mesh), batch, jax.random.key(1))
+        # A copy: on one device, device_put may return `state` itself, which the
+        # donation would then delete before the second mesh gets it.
+        copy = jax.tree.map(jnp.copy, state)
+        _, metrics = jitted(parallel.replicate(copy, mesh), batch, jax.random.key(1))
         results.append(jax.device_get(metrics))
     for key in ("loss", "loss_sup", "loss_lb", "loss_ulb", "loss_rec", "grad_norm"):
         np.testing.assert_allclose(results[0][key], results[1][key], rtol=1e-5, err_msg=key)
