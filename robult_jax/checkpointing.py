@@ -9,6 +9,11 @@ Why two managers: retention by recency and retention by metric are different
 policies; keeping them apart means a late, worse evaluation can never push the
 best state out, and periodic clean-up can never delete it.
 
+Saves are synchronous: the states are small (seconds of CPU at most), and two
+managers writing asynchronously at the same step collide on Orbax's
+cross-process barriers in multi-host runs ("Barrier _async_write_complete is
+already ongoing", seen with 2 processes x 2 CPU devices).
+
 Safety: a run refuses to touch a workdir whose config.json describes a
 different experiment (see `check_workdir_config`), so a typo in `--workdir`
 cannot overwrite someone's checkpoints.
@@ -91,7 +96,9 @@ class Checkpointer:
         workdir = os.path.abspath(workdir)
         self._latest = ocp.CheckpointManager(
             os.path.join(workdir, "checkpoints"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=False
+            ),
         )
         self._best = ocp.CheckpointManager(
             os.path.join(workdir, "best"),
@@ -100,6 +107,7 @@ class Checkpointer:
                 best_fn=lambda metrics: metrics["score"],
                 best_mode="max",
                 create=True,
+                enable_async_checkpointing=False,
             ),
         )
 

@@ -24,15 +24,21 @@ from robult_jax.data.types import DatasetSpec, Split
 PredictFn = Callable[[Any, dict, jax.Array], jax.Array]
 
 
-def make_predict_fn(model: nn.Module) -> PredictFn:
-    """`predict(params, inputs, mask_BxM) -> logits_BxC`, jitted once per batch shape."""
+def make_predict_fn(model: nn.Module, mesh: jax.sharding.Mesh | None = None) -> PredictFn:
+    """`predict(params, inputs, mask_BxM) -> logits_BxC`, jitted once per batch shape.
 
-    @jax.jit
+    With a mesh, the logits come back replicated on every device: the batch is
+    sharded across processes in multi-host runs, and each process needs every
+    row to compute metrics (a process can only read its own devices' arrays).
+    """
+
     def predict(params, inputs: dict, mask_BxM: jax.Array) -> jax.Array:
         out = model.apply({"params": params}, inputs, mask_BxM, train=False)
         return out["logits_BxC"]
 
-    return predict
+    if mesh is None:
+        return jax.jit(predict)
+    return jax.jit(predict, out_shardings=parallel.replicated(mesh))
 
 
 def masked_inputs(split: Split, names: list[str], mask_NxM: np.ndarray) -> dict:

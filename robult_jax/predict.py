@@ -140,7 +140,7 @@ def load_trained(workdir: str) -> Trained:
         best_step=int(best_step),
         input_stats=_read_stats(os.path.join(workdir, "input_stats.npz")),
         mesh=mesh,
-        predict_fn=evaluate.make_predict_fn(model),
+        predict_fn=evaluate.make_predict_fn(model, mesh),
     )
 
 

@@ -172,7 +172,7 @@ def train_and_evaluate(
     train_step = jax.jit(
         objective.make_train_step(model, tx, config.loss, spec.task), donate_argnums=(0,)
     )
-    predict = evaluate.make_predict_fn(model)
+    predict = evaluate.make_predict_fn(model, mesh)
     eval_kw = dict(batch_size=config.eval.batch_size, mesh=mesh)
 
     progress = Progress(num_steps, start_step, config.train.progress_bar and start_step < num_steps)
