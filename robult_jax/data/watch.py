@@ -183,14 +183,13 @@ class RobultWatch(tfds.core.GeneratorBasedBuilder):
 
 def build_watch(data_dir: str, source_path: str | None = None) -> RobultWatch:
     """Builds the dataset under `data_dir` if needed and returns the builder."""
-    builder = RobultWatch(data_dir=data_dir, source_path=source_path)
-    if builder.is_prepared():
-        _check_source(builder, source_path)
-        return builder
-    # Resolve the source first so a missing seglearn fails with its own message.
-    builder = RobultWatch(data_dir=data_dir, source_path=source_path or find_watch_source())
-    tfds_io.prepare(builder, dataset="watch")
-    return builder
+    return tfds_io.build_once(
+        lambda src: RobultWatch(data_dir=data_dir, source_path=src),
+        source=source_path,
+        find_source=find_watch_source,
+        check_source=_check_source,
+        dataset="watch",
+    )
 
 
 def _check_source(builder: RobultWatch, source_path: str | None) -> None:
