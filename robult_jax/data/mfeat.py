@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from robult_jax.data import tfds_io
+from robult_jax.data.normalize import apply_normaliser, fit_normaliser
 from robult_jax.data.registry import resolve_data_dir
 from robult_jax.data.types import Dataset, DatasetSpec, ModalitySpec, Split
 
@@ -275,24 +276,6 @@ def _load_split(builder: RobultMfeat, split: str) -> Split:
     labels = arrays["label"].astype(np.int32)
     # mfeat is complete: every view is present for every digit.
     return Split(inputs=inputs, labels=labels, mask=np.ones((len(labels), len(VIEWS)), bool))
-
-
-def fit_normaliser(split: Split) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-feature (mean, std) of each view over the rows of `split`."""
-    stats = {}
-    for name, x in split.inputs.items():
-        x64 = x.astype(np.float64)
-        # Floor on std: a constant feature would otherwise divide by zero.
-        stats[name] = (x64.mean(axis=0), np.maximum(x64.std(axis=0), 1e-6))
-    return stats
-
-
-def apply_normaliser(split: Split, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> Split:
-    inputs = {
-        name: ((x - stats[name][0]) / stats[name][1]).astype(np.float32)
-        for name, x in split.inputs.items()
-    }
-    return Split(inputs=inputs, labels=split.labels, mask=split.mask)
 
 
 def load_mfeat(data_config: Any, *, source_dir: str | None = None) -> Dataset:

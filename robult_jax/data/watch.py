@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from robult_jax.data import tfds_io
+from robult_jax.data.normalize import apply_normaliser, fit_normaliser
 from robult_jax.data.registry import resolve_data_dir
 from robult_jax.data.types import Dataset, DatasetSpec, ModalitySpec, Split
 
@@ -215,24 +216,6 @@ def _to_split(arrays: dict[str, np.ndarray], rows: np.ndarray) -> Split:
     # The watch recordings are complete: every modality is present.
     mask = np.ones((len(labels), len(MODALITIES)), dtype=bool)
     return Split(inputs=inputs, labels=labels, mask=mask)
-
-
-def fit_normaliser(split: Split) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-channel (mean, std) of each modality over all windows and time steps."""
-    stats = {}
-    for name, x in split.inputs.items():
-        x64 = x.reshape(-1, x.shape[-1]).astype(np.float64)
-        # Floor on std: a constant channel would otherwise divide by zero.
-        stats[name] = (x64.mean(axis=0), np.maximum(x64.std(axis=0), 1e-6))
-    return stats
-
-
-def apply_normaliser(split: Split, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> Split:
-    inputs = {
-        name: ((x - stats[name][0]) / stats[name][1]).astype(np.float32)
-        for name, x in split.inputs.items()
-    }
-    return Split(inputs=inputs, labels=split.labels, mask=split.mask)
 
 
 def load_watch(data_config: Any, *, source_path: str | None = None) -> Dataset:
