@@ -277,7 +277,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     train.enable_compilation_cache()
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every restore step at INFO
+    if not flags.FLAGS["verbosity"].present:  # as in main.py: `--verbosity=0` shows them
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every restore step at INFO
     try:
         trained = load_trained(_WORKDIR.value)
         result = predict_file(trained, _INPUT.value, mask_key=_MASK_KEY.value)
