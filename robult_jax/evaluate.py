@@ -19,6 +19,7 @@ import numpy as np
 from robult_jax import masks as masks_lib
 from robult_jax import metrics as metrics_lib
 from robult_jax import parallel
+from robult_jax.data import sampler
 from robult_jax.data.types import DatasetSpec, Split
 
 PredictFn = Callable[[Any, dict, jax.Array], jax.Array]
@@ -41,18 +42,6 @@ def make_predict_fn(model: nn.Module, mesh: jax.sharding.Mesh | None = None) -> 
     return jax.jit(predict, out_shardings=parallel.replicated(mesh))
 
 
-def masked_inputs(split: Split, names: list[str], mask_NxM: np.ndarray) -> dict:
-    """Copies of the inputs with absent modalities zeroed (the model never reads them)."""
-    return {
-        name: np.where(
-            mask_NxM[:, i].reshape((-1,) + (1,) * (split.inputs[name].ndim - 1)),
-            split.inputs[name],
-            0.0,
-        ).astype(np.float32)
-        for i, name in enumerate(names)
-    }
-
-
 def predict_split(
     predict: PredictFn,
     params: Any,
@@ -65,26 +54,15 @@ def predict_split(
 ) -> np.ndarray:
     """Logits for every row of `split` under `mask_NxM` (ANDed with the data's own mask).
 
-    The last batch is padded to `batch_size`, so evaluation compiles exactly once.
+    The last batch is padded to `batch_size` (`sampler.iterate_eval_batches`), so
+    evaluation compiles exactly once; absent modalities get zero inputs.
     """
-    names = [m.name for m in spec.modalities]
-    mask_NxM = np.logical_and(mask_NxM, split.mask)
-    n = mask_NxM.shape[0]
+    del spec  # the split's own arrays say everything the batches need
     outputs = []
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        pad = batch_size - (stop - start)
-        rows = np.arange(start, stop)
-        rows = np.concatenate([rows, np.full(pad, rows[-1])]) if pad else rows
-        sub = Split(
-            inputs={k: v[rows] for k, v in split.inputs.items()},
-            labels=split.labels[rows],
-            mask=mask_NxM[rows],
-        )
-        batch = {"inputs": masked_inputs(sub, names, sub.mask), "mask": sub.mask}
-        batch = parallel.shard_batch(batch, mesh)
-        logits = predict(params, batch["inputs"], batch["mask"])
-        outputs.append(np.asarray(jax.device_get(logits))[: stop - start])
+    for batch in sampler.iterate_eval_batches(split, batch_size, mask=mask_NxM):
+        sharded = parallel.shard_batch({"inputs": batch["inputs"], "mask": batch["mask"]}, mesh)
+        logits = predict(params, sharded["inputs"], sharded["mask"])
+        outputs.append(np.asarray(jax.device_get(logits))[batch["valid"]])
     return np.concatenate(outputs, 0)
 
 

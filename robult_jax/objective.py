@@ -36,11 +36,6 @@ class TrainState:
     centroid_valid_C: jax.Array  # float 0/1 (checkpoint-friendly)
 
 
-def _masked_mean(x: jax.Array, where: jax.Array) -> jax.Array:
-    where = where.astype(x.dtype)
-    return jnp.sum(x * where) / jnp.maximum(jnp.sum(where), 1.0)
-
-
 def update_centroids(
     centroids_CxP: jax.Array,
     valid_C: jax.Array,
@@ -94,7 +89,7 @@ def compute_losses(
     )
     terms = {}
     sup_B = losses.supervised_loss(out["logits_BxC"], labels, task=task)
-    terms["sup"] = _masked_mean(sup_B, is_labeled_B)
+    terms["sup"] = losses.masked_mean(sup_B, is_labeled_B)
 
     if loss_config.w_lb or loss_config.w_ulb:
         # The classifier's beliefs decide soft positives; they are targets, not paths
@@ -124,7 +119,7 @@ def compute_losses(
             mask_BxM,
             stop_gradient=loss_config.rec_stop_gradient,
         )
-        terms["rec"] = _masked_mean(rec_BxM, mask_BxM)
+        terms["rec"] = losses.masked_mean(rec_BxM, mask_BxM)
 
     weights = {
         "sup": loss_config.w_sup,
@@ -136,7 +131,9 @@ def compute_losses(
     pred_B = jnp.argmax(out["logits_BxC"], -1) if task == "multiclass" else None
     aux = {"terms": terms, "s_BxP": out["s_BxP"]}
     if pred_B is not None:
-        aux["labeled_accuracy"] = _masked_mean((pred_B == labels).astype(jnp.float32), is_labeled_B)
+        aux["labeled_accuracy"] = losses.masked_mean(
+            (pred_B == labels).astype(jnp.float32), is_labeled_B
+        )
     return total, aux
 
 
