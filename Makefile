@@ -1,4 +1,5 @@
-# The two commands of README.md: `make train` and `make test`.
+# The two commands of README.md: `make train` and `make test` (`make test-fast`
+# skips the slow tests).
 # Both create the virtual environment on first use (Python 3.11+ needed).
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,7 +7,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/watch.py
 WORKDIR ?= runs/watch
 
-.PHONY: setup train test lint format clean-venv
+.PHONY: setup train test test-fast lint format clean-venv
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-data.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +25,14 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Everything: lint, every test (slow ones included) and the library's doctests.
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest --doctest-modules robult_jax tests
+
+# The inner loop (about a minute): as `test`, without the tests marked slow
+# (multi-process and end-to-end CLI runs).
+test-fast: lint
+	$(PY) -m pytest --doctest-modules -m "not slow" robult_jax tests
 
 format: setup
 	$(VENV)/bin/ruff check --fix .

@@ -18,8 +18,8 @@ import ml_collections
 from configs import watch
 
 
-def get_config() -> ml_collections.ConfigDict:
-    config = watch.get_config()
+def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
+    config = watch.get_config(architecture)
     config.data = ml_collections.ConfigDict()
     config.data.name = "arrays"
     config.data.path = ""  # required: my_data.npz or a directory holding <key>.npy files
@@ -36,11 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.num_classes = 0  # 0 = inferred from the labels
     config.data.class_names = ()  # optional; default: the label strings or "0".."C-1"
     config.data.normalize = True  # per-feature standardisation fitted on present train entries
-    config.data.label_rate = 0.1  # fraction of training rows whose label is used, in (0, 1]
-    config.data.label_seed = 0  # seed of the stratified labeled/unlabeled split
-    config.data.modality_dropout = 0.3  # train-time P(drop) per modality, never all
-    config.data.labeled_batch = 32  # labeled rows per step (global, multiple of devices)
-    config.data.unlabeled_batch = 96  # unlabeled rows per step (global, multiple of devices)
+    config.sampling.label_rate = 0.1  # fraction of training rows whose label is used, in (0, 1]
+    config.sampling.label_seed = 0  # seed of the stratified labeled/unlabeled split
+    config.sampling.labeled_batch = 32  # labeled rows per step (global, multiple of devices)
+    config.sampling.unlabeled_batch = 96  # unlabeled rows per step (global, multiple of devices)
 
     # Encoder per modality (names in robult_jax/encoders.py: "mlp", "cnn1d", "cnn2d", ...);
     # a modality not named here gets the default of its kind (vector: mlp,

@@ -15,16 +15,15 @@ import ml_collections
 from configs import watch
 
 
-def get_config() -> ml_collections.ConfigDict:
-    config = watch.get_config()
+def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
+    config = watch.get_config(architecture)
     config.data = ml_collections.ConfigDict()
     config.data.name = "av_digits"
     config.data.data_dir = ""  # tfds data dir; "" = $ROBULT_JAX_DATA_DIR or ~/.cache/robult_jax
-    config.data.label_rate = 0.1  # fraction of training pairs whose label is used, in (0, 1]
-    config.data.label_seed = 0  # seed of the stratified labeled/unlabeled split
-    config.data.modality_dropout = 0.3  # train-time P(drop) per modality, never all; in [0, 1)
-    config.data.labeled_batch = 32  # labeled rows per step (global, all devices)
-    config.data.unlabeled_batch = 96  # unlabeled rows per step (global, all devices)
+    config.sampling.label_rate = 0.1  # fraction of training pairs whose label is used, in (0, 1]
+    config.sampling.label_seed = 0  # seed of the stratified labeled/unlabeled split
+    config.sampling.labeled_batch = 32  # labeled rows per step (global, all devices)
+    config.sampling.unlabeled_batch = 96  # unlabeled rows per step (global, all devices)
     # Build settings: changing any of them builds (and caches) a separate dataset.
     config.data.num_train = 10000  # images drawn from MNIST train (50k)
     config.data.num_val = 2000  # images drawn from MNIST validation (10k)

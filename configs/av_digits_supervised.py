@@ -9,8 +9,8 @@ Run:
 from configs import av_digits
 
 
-def get_config():
-    config = av_digits.get_config()
+def get_config(architecture: str = "paper"):
+    config = av_digits.get_config(architecture)
     config.method = "supervised"
     config.loss.w_lb = 0.0
     config.loss.w_ulb = 0.0

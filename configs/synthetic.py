@@ -9,8 +9,8 @@ import ml_collections
 from configs import watch
 
 
-def get_config() -> ml_collections.ConfigDict:
-    config = watch.get_config()
+def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
+    config = watch.get_config(architecture)
     config.data = ml_collections.ConfigDict()
     config.data.name = "synthetic"
     config.data.data_dir = ""  # unused: nothing is written or read
@@ -23,15 +23,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.noise = 0.5
     config.data.task = "multiclass"  # | "multilabel" | "regression" (see data/synthetic.py)
     config.data.synthetic_seed = 0  # the dataset itself; config.seed drives training
-    config.data.label_rate = 0.25
-    config.data.label_seed = 0
-    config.data.modality_dropout = 0.3
-    config.data.labeled_batch = 8
-    config.data.unlabeled_batch = 8
+    config.sampling.label_rate = 0.25
+    config.sampling.label_seed = 0
+    config.sampling.labeled_batch = 8
+    config.sampling.unlabeled_batch = 8
 
     config.model.latent_dim = 16
-    config.model.unique_dim = 8
-    config.model.proj_dim = 16
+    if architecture == "fused":
+        config.model.unique_dim = 8
+        config.model.proj_dim = 16
     config.model.hidden_dim = 32
     config.model.num_heads = 2
     config.model.encoders = ml_collections.ConfigDict({"a": "mlp", "b": "cnn1d"})

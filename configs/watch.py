@@ -1,17 +1,20 @@
 """Robult on `watch` (smartwatch accelerometer + gyroscope), 5% labels.
 
 The default configuration of the project; every other config imports it and
-overrides a few fields.
+overrides a few fields. `get_config("fused")` (on the command line
+`--config configs/watch.py:fused`) gives this project's first reconstruction,
+the "fused" architecture, instead of the paper's (docs/method.md section 2).
 
 Run:
   python -m robult_jax.main --config configs/watch.py --workdir runs/watch
-Override any field, e.g. `--config.data.label_rate=0.1 --config.seed=1`.
+Override any field, e.g. `--config.sampling.label_rate=0.1 --config.seed=1`.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.method = "robult"  # a name for reports; the loss weights below decide the terms
     config.seed = 0  # model init, data order and modality dropout all derive from it
@@ -20,22 +23,25 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.name = "watch"  # see robult_jax.data.registry for the registered names
     config.data.data_dir = ""  # tfds data dir; "" = $ROBULT_JAX_DATA_DIR or ~/.cache/robult_jax
     config.data.val_subject = 7  # training subject held out for validation / model selection
-    config.data.label_rate = 0.05  # fraction of training windows whose label is used, in (0, 1]
-    config.data.label_seed = 0  # seed of the stratified labeled/unlabeled split
-    config.data.modality_dropout = 0.3  # train-time P(drop) per modality, never all; in [0, 1)
+
+    # How training batches are drawn; kept apart from `data` so that dataset configs
+    # that replace `config.data` keep these fields.
+    config.sampling = ml_collections.ConfigDict()
+    config.sampling.label_rate = 0.05  # fraction of training rows whose label is used, (0, 1]
+    config.sampling.label_seed = 0  # seed of the stratified labeled/unlabeled split
+    config.sampling.labeled_batch = 32  # labeled rows per step (global, all devices)
+    config.sampling.unlabeled_batch = 96  # unlabeled rows per step (global, all devices)
+    # Train-time P(drop) per modality, never all; in [0, 1). Set per architecture below.
+    config.sampling.modality_dropout = 0.0
     # Per-modality train-time rates (dataset's modality order), e.g. (0.5, 0.0) to
     # drop acc more often than gyro; () = modality_dropout for every modality.
-    config.data.modality_dropout_rates = ()
-    config.data.labeled_batch = 32  # labeled rows per step (global, all devices)
-    config.data.unlabeled_batch = 96  # unlabeled rows per step (global, all devices)
+    config.sampling.modality_dropout_rates = ()
 
     config.model = ml_collections.ConfigDict()
-    config.model.latent_dim = 64  # D: width of h_i and h_0
-    config.model.unique_dim = 32  # K: width of the unique features u_i
-    config.model.proj_dim = 64  # P: width of the unit-sphere embeddings s, z_i
+    config.model.architecture = architecture  # "paper" (the figure) | "fused" (ours)
+    config.model.latent_dim = 64  # D: width of h_i and h_0 (paper: also of u_i, z_i, s)
     config.model.hidden_dim = 128  # width of the MLPs
-    config.model.fusion = "attention"  # f_0: "attention" (masked self-attention) | "mean"
-    config.model.num_heads = 4  # attention heads of f_0
+    config.model.num_heads = 4  # attention heads (fused attention f_0, transformer encoders)
     config.model.dropout_rate = 0.1
     config.model.cnn1d_features = (32, 64, 64)  # channels of the cnn1d encoder's conv layers
     config.model.cnn2d_features = (16, 32, 64)  # channels of the cnn2d encoder's conv layers
@@ -57,6 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.threshold = 0.0  # confidence below which an unlabeled pair is not positive
     config.loss.rec_stop_gradient = True  # reconstruct sg(h_i) rather than a moving target
     config.loss.centroid_decay = 0.9  # EMA of per-class labeled embeddings (RBF fallback)
+    set_architecture(config, architecture)
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 2e-3  # peak of the warm-up + cosine schedule
@@ -81,3 +88,26 @@ def get_config() -> ml_collections.ConfigDict:
     # reported as `per_modality_missing` in results.json/md.
     config.eval.per_modality_rates = ()  # random-missingness masks averaged over these seeds
     return config
+
+
+def set_architecture(config: ml_collections.ConfigDict, architecture: str) -> None:
+    """The fields only `architecture` reads; the other architecture's fields are None.
+
+    robult_jax.config.ARCHITECTURE_FIELDS lists them; setting a None field of the
+    other architecture is an error, so that no option is silently ignored.
+    """
+    paper = architecture == "paper"
+    config.model.architecture = architecture
+    config.method = {"paper": "robult", "fused": "robult_fused"}.get(architecture, architecture)
+    # paper: f_0's per-modality stems, "own" (own weights) | "shared" (the f_i trunks)
+    config.model.fusion_stems = "own" if paper else placeholder(str)
+    # paper, some modality missing: "mean_probs" (mean of c(u_i + z_i)'s probabilities)
+    # | "mean_latent" (c of the mean of u_i + z_i)
+    config.model.combine = "mean_probs" if paper else placeholder(str)
+    config.model.fusion = placeholder(str) if paper else "attention"  # fused f_0: | "mean"
+    config.model.unique_dim = placeholder(int) if paper else 32  # fused: K, width of u_i
+    config.model.proj_dim = placeholder(int) if paper else 64  # fused: P, width of s and z_i
+    config.loss.w_uni = 1.0 if paper else placeholder(float)  # paper: unimodal terms of L_sup
+    config.loss.rec_target = "h_i" if paper else placeholder(str)  # paper: | "h_0"
+    # The paper trains on complete samples; "fused" must see missing subsets to learn them.
+    config.sampling.modality_dropout = 0.0 if paper else 0.3

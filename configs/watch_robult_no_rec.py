@@ -7,8 +7,8 @@ Run:
 from configs import watch
 
 
-def get_config():
-    config = watch.get_config()
+def get_config(architecture: str = "paper"):
+    config = watch.get_config(architecture)
     config.method = "robult_no_rec"
     config.loss.w_rec = 0.0
     return config

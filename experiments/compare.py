@@ -5,7 +5,10 @@
 Each (method, seed) run goes to `<workdir>/<method>/seed<k>` and is skipped if
 its results.json already exists (so an interrupted comparison resumes). The
 config of method `robult` is `configs/<dataset>.py`; any other method `m` uses
-`configs/<dataset>_<m>.py`. Extra `--set a.b=v` overrides apply to every run.
+`configs/<dataset>_<m>.py`. A method name ending in `_fused` (`robult_fused`,
+`supervised_fused`) takes the same config with the "fused" architecture
+(`get_config("fused")`); the others use the paper's. Extra `--set a.b=v`
+overrides apply to every run.
 
 Outputs in `<workdir>`: comparison.md (mean +/- std over seeds, with the
 dataset, label rate, missing protocol, seeds and commit), comparison.json and
@@ -31,14 +34,18 @@ from robult_jax import report, train  # noqa: E402
 
 
 def load_config(dataset: str, method: str):
-    name = dataset if method == "robult" else f"{dataset}_{method}"
+    base, fused, _ = method.rpartition("_fused")
+    base = base if fused else method
+    name = dataset if base == "robult" else f"{dataset}_{base}"
     path = os.path.join(ROOT, "configs", f"{name}.py")
     if not os.path.exists(path):
         raise SystemExit(f"error: no config {path} for method {method!r} on {dataset!r}.")
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    config = module.get_config("fused" if fused else "paper")
+    config.method = method
+    return config
 
 
 def apply_override(config, assignment: str) -> None:
@@ -88,7 +95,7 @@ def main() -> None:
             if not args.fixed_label_split:
                 # A seed also redraws which samples are labeled: at a few percent of
                 # labels, the choice of labeled samples is a large source of variance.
-                config.data.label_seed = seed
+                config.sampling.label_seed = seed
             config.eval.split = args.split
             config.train.progress_bar = False
             for assignment in args.set:

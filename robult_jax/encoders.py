@@ -1,7 +1,7 @@
 """Per-modality encoders f_i and the small MLP block shared by all heads.
 
 Each encoder maps one modality's per-sample input to a latent vector h_i in
-R^D (method.md section 2). The encoder of a modality is chosen by name in
+R^D (docs/method.md section 2). The encoder of a modality is chosen by name in
 `config.model.encoders`; a modality without an entry gets a default by kind.
 Encoders of padded variable-length sequences ("transformer", "gru") live in
 robult_jax/sequence_encoders.py; `make_encoder` builds all of them.
@@ -38,7 +38,7 @@ class MLP(nn.Module):
 
     hidden_dims: Sequence[int]
     out_dim: int
-    dropout_rate: float = 0.0
+    dropout_rate: float
     layer_norm: bool = False
 
     @nn.compact
@@ -58,8 +58,8 @@ class MLPEncoder(nn.Module):
     """Vectors (or anything): flatten, then a 2-hidden-layer MLP with LayerNorm."""
 
     latent_dim: int
-    hidden_dim: int = 128
-    dropout_rate: float = 0.0
+    hidden_dim: int
+    dropout_rate: float
 
     @nn.compact
     def __call__(self, x_Bx_: jax.Array, *, train: bool = False) -> jax.Array:
@@ -77,9 +77,9 @@ class CNN1DEncoder(nn.Module):
     """Time series (T, F) or (T,): strided Conv1D stack, mean pool over time, dense to D."""
 
     latent_dim: int
-    features: Sequence[int] = (32, 64, 64)
-    kernel_size: int = 5
-    dropout_rate: float = 0.0
+    features: Sequence[int]
+    dropout_rate: float
+    kernel_size: int = 5  # fixed; not a config field
 
     @nn.compact
     def __call__(self, x_BxT_: jax.Array, *, train: bool = False) -> jax.Array:
@@ -98,8 +98,8 @@ class CNN2DEncoder(nn.Module):
     """Images (X, Y) or (X, Y, Ch): strided 3x3 conv stack, global mean pool, dense to D."""
 
     latent_dim: int
-    features: Sequence[int] = (16, 32, 64)
-    dropout_rate: float = 0.0
+    features: Sequence[int]
+    dropout_rate: float
 
     @nn.compact
     def __call__(self, x_BxXxY_: jax.Array, *, train: bool = False) -> jax.Array:
@@ -157,34 +157,25 @@ def default_encoder(kind: str, modality_name: str) -> str:
     return DEFAULT_ENCODER_BY_KIND[kind]
 
 
-def make_encoder(
-    encoder_name: str,
-    *,
-    latent_dim: int,
-    hidden_dim: int,
-    dropout_rate: float,
-    cnn1d_features: Sequence[int],
-    cnn2d_features: Sequence[int],
-    seq_width: int = 64,
-    seq_layers: int = 1,
-    num_heads: int = 4,
-    name: str | None = None,
-) -> nn.Module:
+def make_encoder(encoder_name: str, model, *, name: str | None = None) -> nn.Module:
     """Builds the encoder module called `encoder_name` (see ENCODER_NAMES).
 
-    `seq_width`, `seq_layers` and `num_heads` are read by the sequence encoders only;
-    the transformer's feed-forward width is `hidden_dim`.
+    `model` is the typed `config.ModelConfig`: every encoder reads its widths
+    from it (`seq_width`, `seq_layers` and `num_heads` only the sequence
+    encoders; the transformer's feed-forward width is `hidden_dim`).
     """
+    d, rate = model.latent_dim, model.dropout_rate
     if encoder_name == "mlp":
-        return MLPEncoder(latent_dim, hidden_dim, dropout_rate, name=name)
+        return MLPEncoder(d, model.hidden_dim, rate, name=name)
     if encoder_name == "cnn1d":
-        return CNN1DEncoder(latent_dim, tuple(cnn1d_features), dropout_rate=dropout_rate, name=name)
+        return CNN1DEncoder(d, tuple(model.cnn1d_features), rate, name=name)
     if encoder_name == "cnn2d":
-        return CNN2DEncoder(latent_dim, tuple(cnn2d_features), dropout_rate, name=name)
+        return CNN2DEncoder(d, tuple(model.cnn2d_features), rate, name=name)
+    width = model.seq_width or d
     if encoder_name == "transformer":
         return seq.TransformerSequenceEncoder(
-            latent_dim, seq_width, seq_layers, num_heads, hidden_dim, dropout_rate, name=name
+            d, width, model.seq_layers, model.num_heads, model.hidden_dim, rate, name=name
         )
     if encoder_name == "gru":
-        return seq.GRUSequenceEncoder(latent_dim, seq_width, seq_layers, dropout_rate, name=name)
+        return seq.GRUSequenceEncoder(d, width, model.seq_layers, rate, name=name)
     raise ValueError(f"unknown encoder {encoder_name!r}; allowed: {ENCODER_NAMES}")

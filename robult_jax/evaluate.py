@@ -1,4 +1,4 @@
-"""Evaluation under missing modalities (method.md section 5).
+"""Evaluation under missing modalities (docs/method.md section 5).
 
 Two protocols on a split:
   (a) every non-empty subset of modalities, the same subset for every sample;
@@ -20,7 +20,8 @@ from robult_jax import masks as masks_lib
 from robult_jax import metrics as metrics_lib
 from robult_jax import parallel
 from robult_jax.data import sampler
-from robult_jax.data.types import DatasetSpec, Split
+from robult_jax.data.types import Split
+from robult_jax.tasks import Task
 
 PredictFn = Callable[[Any, dict, jax.Array], jax.Array]
 
@@ -46,7 +47,6 @@ def predict_split(
     predict: PredictFn,
     params: Any,
     split: Split,
-    spec: DatasetSpec,
     mask_NxM: np.ndarray,
     *,
     batch_size: int,
@@ -57,7 +57,6 @@ def predict_split(
     The last batch is padded to `batch_size` (`sampler.iterate_eval_batches`), so
     evaluation compiles exactly once; absent modalities get zero inputs.
     """
-    del spec  # the split's own arrays say everything the batches need
     outputs = []
     for batch in sampler.iterate_eval_batches(split, batch_size, mask=mask_NxM):
         sharded = parallel.shard_batch({"inputs": batch["inputs"], "mask": batch["mask"]}, mesh)
@@ -66,16 +65,7 @@ def predict_split(
     return np.concatenate(outputs, 0)
 
 
-def task_metrics(spec: DatasetSpec, logits_NxC: np.ndarray, labels: np.ndarray) -> dict:
-    return metrics_lib.task_metrics(logits_NxC, labels, task=spec.task)
-
-
-def primary_metric(spec: DatasetSpec) -> str:
-    """The metric that selects models and heads the plots: accuracy, macro-F1 or MAE."""
-    return metrics_lib.PRIMARY_METRIC[spec.task]
-
-
-def validation_score(results_by_subset: dict[str, dict], spec: DatasetSpec) -> float:
+def validation_score(results_by_subset: dict[str, dict], task: Task) -> float:
     """Model-selection score (higher is better): the task's primary metric averaged
     over every modality subset, negated when lower is better (MAE).
 
@@ -83,29 +73,27 @@ def validation_score(results_by_subset: dict[str, dict], spec: DatasetSpec) -> f
     models that lean on one modality; averaging over subsets selects for
     robustness, and it only ever looks at the validation split.
     """
-    metric = primary_metric(spec)
-    score = float(np.mean([r[metric] for r in results_by_subset.values()]))
-    return score if metrics_lib.HIGHER_IS_BETTER[metric] else -score
+    score = float(np.mean([r[task.primary_metric] for r in results_by_subset.values()]))
+    return score if task.higher_is_better else -score
 
 
 def evaluate_subsets(
     predict: PredictFn,
     params: Any,
     split: Split,
-    spec: DatasetSpec,
+    task: Task,
     *,
     batch_size: int,
     mesh: jax.sharding.Mesh,
 ) -> dict[str, dict]:
-    names = [m.name for m in spec.modalities]
-    n = split.labels.shape[0]
+    """Metrics of the task for every non-empty subset of modalities, keyed by subset name."""
+    names = list(split.inputs)
+    n = len(split)
     results = {}
     for row in masks_lib.all_subsets(len(names)):
         mask_NxM = np.broadcast_to(row, (n, len(names)))
-        logits = predict_split(
-            predict, params, split, spec, mask_NxM, batch_size=batch_size, mesh=mesh
-        )
-        results[masks_lib.subset_name(row, names)] = task_metrics(spec, logits, split.labels)
+        logits = predict_split(predict, params, split, mask_NxM, batch_size=batch_size, mesh=mesh)
+        results[masks_lib.subset_name(row, names)] = task.metrics(logits, split.labels)
     return results
 
 
@@ -113,9 +101,9 @@ def evaluate_random_missing(
     predict: PredictFn,
     params: Any,
     split: Split,
-    spec: DatasetSpec,
+    task: Task,
     *,
-    rates: tuple[float, ...],
+    rates: tuple[float, ...] | tuple[tuple[float, ...], ...],
     seeds: tuple[int, ...],
     batch_size: int,
     mesh: jax.sharding.Mesh,
@@ -127,8 +115,8 @@ def evaluate_random_missing(
     tuples of one rate per modality (test-time patterns that differ from the
     training ones). Masks are also stored in `masks_out` when given.
     """
-    n, m = split.labels.shape[0], len(spec.modalities)
-    names = [mod.name for mod in spec.modalities]
+    names = list(split.inputs)
+    n, m = len(split), len(names)
     results, hashes = {}, {}
     for rate in rates:
         per_seed = []
@@ -146,9 +134,9 @@ def evaluate_random_missing(
             if masks_out is not None:
                 masks_out[mask_name] = mask_NxM
             logits = predict_split(
-                predict, params, split, spec, mask_NxM, batch_size=batch_size, mesh=mesh
+                predict, params, split, mask_NxM, batch_size=batch_size, mesh=mesh
             )
-            per_seed.append(task_metrics(spec, logits, split.labels))
+            per_seed.append(task.metrics(logits, split.labels))
         results[key] = {k: _mean_std([r[k] for r in per_seed]) for k in per_seed[0]}
     return results, hashes
 

@@ -1,9 +1,15 @@
-"""Robult's losses: pure, per-example, jit-able functions (method.md section 3).
+"""Robult's losses: pure, per-example, jit-able functions (docs/method.md section 3).
 
 Written in the style of optax's loss modules: arrays first, keyword-only
-hyper-parameters, masks as arguments, per-example outputs. Shape checks use
-static shapes only, so every function also validates under `jax.jit` (string
-hyper-parameters such as `task` and `mode` must then be static).
+hyper-parameters, masks as arguments, per-example outputs. Only static shapes
+and dtypes are checked (a ValueError naming both shapes), so every function
+also validates under `jax.jit`; hyper-parameter values are validated once, with
+the config. String arguments such as `task` and `mode` must be static under jit.
+
+The contrastive loss is split in two: `positive_weights` decides how far each
+pair (anchor j, candidate k) counts as positive, per task type (rules in
+`robult_jax.task_weights`), and `weighted_contrastive_loss` is the generic loss
+for any such weight matrix; `soft_pu_contrastive_loss` composes them.
 
 Shape legend: B batch, M modalities, D latent width, P projection width,
 C classes (or outputs).
@@ -11,11 +17,10 @@ C classes (or outputs).
 
 import jax
 import jax.numpy as jnp
+import optax
 
-from robult_jax.task_weights import rbf, sq_dist, task_positive_weights
-
-TASKS = ("multiclass", "multilabel", "regression")
-MODES = ("soft", "hard", "none")
+# The modes of the PU positive weights (docs/method.md 3.2), defined here only.
+PU_MODES = ("soft", "hard", "none")
 
 # Finite stand-in for -inf on masked-out candidates: exp() of it underflows
 # to 0, while (unlike -inf) it never yields inf - inf = nan in log_softmax or
@@ -23,25 +28,18 @@ MODES = ("soft", "hard", "none")
 _MASKED_LOGIT = -1e9
 
 
-def _check_shape(name: str, x: jax.Array, shape: tuple[int | None, ...], ref: str) -> None:
-    """Raises a ValueError unless x.shape matches shape (None = any size)."""
+def check_shape(name: str, x: jax.Array, shape: tuple[int | None, ...], ref: str) -> None:
+    """Raises a ValueError unless x.shape matches shape (None = any size).
+
+    The message names x's shape, the expected one and `ref`, the argument that
+    fixed it, e.g. "labels_B has shape (7,), expected (8,) to match probs_BxC (8, 3)."
+    """
     ok = x.ndim == len(shape) and all(
         s is None or s == d for s, d in zip(shape, x.shape, strict=True)
     )
     if not ok:
         want = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
         raise ValueError(f"{name} has shape {x.shape}, expected {want} to match {ref}.")
-
-
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"Unknown {name} {value!r}; allowed values are {allowed}.")
-
-
-def _check_positive(name: str, value: float) -> None:
-    # Traced values cannot be checked without breaking jit; Python numbers are.
-    if isinstance(value, int | float) and not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}.")
 
 
 def masked_mean(x: jax.Array, where: jax.Array) -> jax.Array:
@@ -61,17 +59,90 @@ def masked_mean(x: jax.Array, where: jax.Array) -> jax.Array:
     return total / jnp.maximum(jnp.sum(where), 1).astype(total.dtype)
 
 
+# ----------------------------------------------------------------------------- L_sup
+
+
+def _check_logits(logits_BxC: jax.Array) -> None:
+    if logits_BxC.ndim != 2:
+        raise ValueError(f"logits_BxC must have shape (B, C), got {logits_BxC.shape}.")
+
+
+def multiclass_loss(logits_BxC: jax.Array, labels_B: jax.Array) -> jax.Array:
+    """Softmax cross-entropy -log softmax(logits)[y], per example (optax).
+
+    Out-of-range labels cannot be checked under jit; optax indexes like numpy
+    gathers in JAX: y >= C (or y < -C) gives a nan loss (mask such rows out
+    with `masked_mean`, whose `jnp.where` keeps the nan out of the mean and the
+    gradient), and -C <= y < 0 wraps to class y + C.
+
+    >>> multiclass_loss(jnp.zeros((2, 4)), jnp.array([0, 3])).round(4)
+    Array([1.3863, 1.3863], dtype=float32)
+
+    Args:
+      logits_BxC: (B, C) float logits.
+      labels_B: (B,) int class indices in [0, C).
+
+    Returns:
+      loss_B, shape (B,).
+    """
+    _check_logits(logits_BxC)
+    check_shape("labels_B", labels_B, logits_BxC.shape[:1], f"logits_BxC {logits_BxC.shape}")
+    if not jnp.issubdtype(labels_B.dtype, jnp.integer):
+        raise ValueError(f"multiclass labels must be integers, got dtype {labels_B.dtype}.")
+    return optax.losses.softmax_cross_entropy_with_integer_labels(logits_BxC, labels_B)
+
+
+def multilabel_loss(logits_BxC: jax.Array, labels_BxC: jax.Array) -> jax.Array:
+    """Sigmoid binary cross-entropy averaged over the C labels, per example (optax).
+
+        l_j = mean_c -(y_jc log sigmoid(x_jc) + (1 - y_jc) log sigmoid(-x_jc))
+
+    >>> multilabel_loss(jnp.zeros((1, 2)), jnp.array([[1.0, 0.0]])).round(4)
+    Array([0.6931], dtype=float32)
+
+    Args:
+      logits_BxC: (B, C) float logits.
+      labels_BxC: (B, C) targets in [0, 1] (0/1 or soft).
+
+    Returns:
+      loss_B, shape (B,).
+    """
+    _check_logits(logits_BxC)
+    check_shape("labels_BxC", labels_BxC, logits_BxC.shape, f"logits_BxC {logits_BxC.shape}")
+    bce_BxC = optax.losses.sigmoid_binary_cross_entropy(logits_BxC, labels_BxC)
+    return jnp.mean(bce_BxC, axis=-1)
+
+
+def regression_loss(preds_Bx1: jax.Array, labels_B: jax.Array) -> jax.Array:
+    """L1 loss |pred_j - y_j|, per example.
+
+    >>> regression_loss(jnp.array([[0.5], [-2.0]]), jnp.array([1.5, -1.0]))
+    Array([1., 1.], dtype=float32)
+
+    Args:
+      preds_Bx1: (B, 1) predicted values (the head's single output).
+      labels_B: (B,) float targets.
+
+    Returns:
+      loss_B, shape (B,).
+    """
+    if preds_Bx1.ndim != 2 or preds_Bx1.shape[1] != 1:
+        raise ValueError(f"regression needs preds_Bx1 of shape (B, 1), got {preds_Bx1.shape}.")
+    check_shape("labels_B", labels_B, preds_Bx1.shape[:1], f"preds_Bx1 {preds_Bx1.shape}")
+    return jnp.abs(preds_Bx1[:, 0] - labels_B.astype(preds_Bx1.dtype))
+
+
 def supervised_loss(
     logits_BxC: jax.Array, labels: jax.Array, *, task: str = "multiclass"
 ) -> jax.Array:
-    """Per-example task loss L_sup (method.md 3.1); mask unlabeled rows outside.
+    """Per-example task loss L_sup (docs/method.md 3.1); mask unlabeled rows outside.
 
-    - "multiclass": -log softmax(logits)[y], labels (B,) int in [0, C).
-    - "multilabel": mean_c BCE(sigmoid(logits_c), y_c), labels (B, C) in [0, 1].
-    - "regression": |logits[:, 0] - y| (L1), labels (B,) float, C must be 1.
+    `tasks.get(task).loss`:
 
-    Out-of-range class indices cannot be checked under jit; they give 0 loss
-    for "multiclass" (as `jnp.take_along_axis` with fill) and must be avoided.
+    - "multiclass": `multiclass_loss`, labels (B,) int in [0, C) (see there
+      for out-of-range labels: nan for y >= C, wrap-around for negative y).
+    - "multilabel": `multilabel_loss`, labels (B, C) in [0, 1].
+    - "regression": `regression_loss`, labels (B,) float, C must be 1.
 
     >>> supervised_loss(jnp.zeros((2, 4)), jnp.array([0, 3])).round(4)
     Array([1.3863, 1.3863], dtype=float32)
@@ -79,32 +150,12 @@ def supervised_loss(
     Returns:
       loss_B, shape (B,).
     """
-    _check_choice("task", task, TASKS)
-    if logits_BxC.ndim != 2:
-        raise ValueError(f"logits_BxC must have shape (B, C), got {logits_BxC.shape}.")
-    b, c = logits_BxC.shape
-    if task == "multiclass":
-        _check_shape(
-            "labels", labels, (b,), f"logits_BxC {logits_BxC.shape} (multiclass: int (B,))"
-        )
-        if not jnp.issubdtype(labels.dtype, jnp.integer):
-            raise ValueError(f"multiclass labels must be integers, got dtype {labels.dtype}.")
-        logp_BxC = jax.nn.log_softmax(logits_BxC, axis=-1)
-        return -jnp.take_along_axis(logp_BxC, labels[:, None], axis=-1, mode="fill", fill_value=0)[
-            :, 0
-        ]
-    if task == "multilabel":
-        _check_shape("labels", labels, (b, c), f"logits_BxC {logits_BxC.shape} (multilabel)")
-        y_BxC = labels.astype(logits_BxC.dtype)
-        # log_sigmoid(-x) = log(1 - sigmoid(x)), stable for large |x|.
-        bce_BxC = -(
-            y_BxC * jax.nn.log_sigmoid(logits_BxC) + (1 - y_BxC) * jax.nn.log_sigmoid(-logits_BxC)
-        )
-        return jnp.mean(bce_BxC, axis=-1)
-    if c != 1:
-        raise ValueError(f"regression needs logits_BxC of shape (B, 1), got {logits_BxC.shape}.")
-    _check_shape("labels", labels, (b,), f"logits_BxC {logits_BxC.shape} (regression: float (B,))")
-    return jnp.abs(logits_BxC[:, 0] - labels.astype(logits_BxC.dtype))
+    from robult_jax import tasks  # deferred: tasks imports this module
+
+    return tasks.get(task).loss(logits_BxC, labels)
+
+
+# ----------------------------------------------------------------------------- L_lb, L_ulb
 
 
 def positive_weights(
@@ -121,40 +172,31 @@ def positive_weights(
     task: str = "multiclass",
     label_sigma: float = 0.5,
 ) -> jax.Array:
-    """Positive weights w_jk in [0, 1] of the soft PU contrastive loss (method.md 3.2).
+    """Positive weights w_jk in [0, 1] of the soft PU contrastive loss (docs/method.md 3.2).
 
-    This docstring describes task="multiclass"; "multilabel" and "regression"
-    (see `task_positive_weights` and docs/task_types.md) use the same shape of rule
-    with a task-specific label agreement a_jk. `label_sigma` is used by
-    "regression" only; the centroids by "multiclass" only (ignored otherwise,
-    so that a trainer may pass its state unconditionally).
-
-    Computed under stop_gradient. Labels of unlabeled rows are never read.
-    Let p_j = one_hot(y_j) if j is labeled else probs_j, and let j "pass" the
-    threshold if j is labeled or max_c p_j(c) >= threshold.
+    Dispatches to `tasks.get(task).positive_weights`, i.e. to
+    `task_weights.multiclass_weights`, `multilabel_weights` or
+    `regression_weights`, whose docstrings give each rule. For "multiclass":
 
     - "none": w = I (only k == j is positive; plain InfoNCE).
-    - "hard": w_jk = 1[yhat_j == yhat_k] * pass_j * pass_k, with yhat = y for
+    - "hard": w_jk = 1[yhat_j == yhat_k] * pass_j * pass_k, yhat = y for
       labeled rows and argmax p for unlabeled rows; w_jj = 1.
-    - "soft": w_jj = 1; both labeled: w_jk = 1[y_j == y_k]; otherwise
-      w_jk = a_jk * rho_j * rho_k * pass_j * pass_k with a_jk = <p_j, p_k>.
-      rho = 1 for labeled rows. For unlabeled j of predicted class c,
-      rho_j = mean over labeled l in the batch with y_l == c of
-      exp(-||s_j - s_l||^2 / (2 sigma^2)); with no such l, the same kernel to
-      centroids_CxP[c] if centroid_valid_C[c]; with neither, rho_j = 0, so j's
-      off-diagonal pairs count as negatives (the conservative choice: no
-      evidence of j's class, so no pull towards it).
+    - "soft": w_jj = 1, else w_jk = a_jk * rho_j * rho_k * pass_j * pass_k with
+      a_jk = <p_j, p_k> (p = one-hot y for labeled rows: both labeled gives
+      1[y_j == y_k]) and rho_j the RBF proximity of unlabeled j to the labeled
+      samples of its predicted class (1 for labeled j).
 
-    The threshold applies on both sides of a pair (j or k unconfident -> 0):
-    a pair is only as trustworthy as its less confident member.
+    Arguments a task does not use are ignored (`label_sigma`: regression only;
+    the centroids: multiclass only; `threshold`: not regression), so that a
+    trainer may pass its state unconditionally. Computed under stop_gradient;
+    labels of unlabeled rows are never read.
 
     Args:
-      labels_B: (B,) int class indices ("multilabel": (B, C) 0/1 label vectors;
-        "regression": (B,) float targets); rows with is_labeled False are ignored.
+      labels_B: (B,) int class indices ("multilabel": (B, C) label vectors;
+        "regression": (B,) float targets).
       is_labeled_B: (B,) bool.
-      probs_BxC: (B, C) the classifier's predictions used as targets: softmax
-        probabilities ("multilabel": sigmoid probabilities (B, C);
-        "regression": the predicted value, (B, 1)).
+      probs_BxC: (B, C) the classifier's beliefs, `Task.beliefs`: softmax
+        ("multiclass"), sigmoid ("multilabel") or the value (B, 1) ("regression").
       s_BxP: (B, P) fused embeddings, for the RBF proximity.
       centroids_CxP: optional (C, P) per-class EMA of labeled embeddings.
       centroid_valid_C: optional (C,) bool, which centroids exist (default all).
@@ -167,82 +209,88 @@ def positive_weights(
     Returns:
       w_BxB, shape (B, B): row j = anchor, column k = candidate.
     """
-    _check_choice("mode", mode, MODES)
-    _check_choice("task", task, TASKS)
-    _check_positive("sigma", sigma)
-    _check_positive("label_sigma", label_sigma)
-    if isinstance(threshold, int | float) and not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}.")
-    if probs_BxC.ndim != 2 or s_BxP.ndim != 2:
-        raise ValueError(
-            f"probs_BxC {probs_BxC.shape} and s_BxP {s_BxP.shape} must both be 2-D (B, C), (B, P)."
-        )
-    b, c = probs_BxC.shape
-    p = s_BxP.shape[1]
-    ref = f"probs_BxC {probs_BxC.shape}"
-    _check_shape("labels_B", labels_B, (b, c) if task == "multilabel" else (b,), ref)
-    _check_shape("is_labeled_B", is_labeled_B, (b,), ref)
-    _check_shape("s_BxP", s_BxP, (b, None), ref)
-    if task == "regression" and c != 1:
-        raise ValueError(f"regression needs predictions probs_BxC of shape (B, 1), got {ref}.")
-    if task != "multiclass":
-        return task_positive_weights(
-            labels_B, is_labeled_B, probs_BxC, s_BxP, task=task, mode=mode, sigma=sigma,
-            threshold=threshold, label_sigma=label_sigma,
-        )  # fmt: skip
-    if centroid_valid_C is not None and centroids_CxP is None:
-        raise ValueError("centroid_valid_C was given without centroids_CxP.")
-    if centroids_CxP is not None:
-        _check_shape("centroids_CxP", centroids_CxP, (c, p), f"{ref} and s_BxP {s_BxP.shape}")
-        if centroid_valid_C is not None:
-            _check_shape("centroid_valid_C", centroid_valid_C, (c,), ref)
+    from robult_jax import tasks  # deferred: tasks imports this module
+
+    return tasks.get(task).positive_weights(
+        labels_B, is_labeled_B, probs_BxC, s_BxP, mode=mode, sigma=sigma, threshold=threshold,
+        label_sigma=label_sigma, centroids_CxP=centroids_CxP, centroid_valid_C=centroid_valid_C,
+    )  # fmt: skip
+
+
+def weighted_contrastive_loss(
+    s_BxP: jax.Array,
+    z_BxMxP: jax.Array,
+    w_BxB: jax.Array,
+    mask_BxM: jax.Array,
+    *,
+    temperature: float,
+) -> tuple[jax.Array, jax.Array]:
+    """Contrastive loss between s and each z_i with given positive weights w.
+
+    For modality i, anchor j (fused s_j) and candidates k with modality i
+    present (m_ki):
+
+        logit_ijk = <s_j, z_ik> / tau
+        l_ij = - sum_k w_jk m_ki log softmax_{k: m_ki}(logit_ijk) / sum_k w_jk m_ki
+
+    w is treated as a constant (stop_gradient). w = I gives cross-modal
+    InfoNCE; w_jk = 1[y_j == y_k] gives SupCon's multi-positive form with s as
+    anchors and z as candidates; `positive_weights` gives the soft PU loss.
+    The pair (j, i) is valid when m_ji; it then needs sum_k w_jk m_ki > 0,
+    which w_jj > 0 guarantees. Invalid pairs get loss 0 with zero (finite)
+    gradient; absent rows of z, rows of s with no modality present and the
+    weights of absent pairs may hold garbage, even nan. The softmax runs
+    over the whole (global) batch: under jit with a sharded batch, XLA gathers
+    the candidates.
+
+    >>> s = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> loss, valid = weighted_contrastive_loss(
+    ...     s, s[:, None], jnp.eye(2), jnp.ones((2, 1), bool), temperature=1.0)
+    >>> [round(float(x), 4) for x in loss[:, 0]]  # -log(e / (e + 1)) for both anchors
+    [0.3133, 0.3133]
+
+    Args:
+      s_BxP: (B, P) anchors (fused embeddings).
+      z_BxMxP: (B, M, P) candidates (unimodal embeddings).
+      w_BxB: (B, B) positive weights, row j = anchor, column k = candidate.
+      mask_BxM: (B, M) bool, modality presence.
+      temperature: tau > 0.
+
+    Returns:
+      loss_BxM: (B, M) per-example, per-modality loss (0 where not valid).
+      valid_BxM: (B, M) bool, = mask_BxM.
+    Reduce with `reduce_pu_losses`.
+    """
+    if s_BxP.ndim != 2:
+        raise ValueError(f"s_BxP must have shape (B, P), got {s_BxP.shape}.")
+    b, p = s_BxP.shape
+    if z_BxMxP.ndim != 3:
+        raise ValueError(f"z_BxMxP must have shape (B, M, P), got {z_BxMxP.shape}.")
+    m = z_BxMxP.shape[1]
+    check_shape("z_BxMxP", z_BxMxP, (b, m, p), f"s_BxP {s_BxP.shape}")
+    check_shape("mask_BxM", mask_BxM, (b, m), f"z_BxMxP {z_BxMxP.shape}")
+    check_shape("w_BxB", w_BxB, (b, b), f"s_BxP {s_BxP.shape}")
 
     dtype = jnp.promote_types(s_BxP.dtype, jnp.float32)
-    eye_BxB = jnp.eye(b, dtype=dtype)
-    if mode == "none":
-        return eye_BxB
-    if not jnp.issubdtype(labels_B.dtype, jnp.integer):
-        raise ValueError(f"mode {mode!r} needs integer class labels_B, got dtype {labels_B.dtype}.")
+    present_BxM = mask_BxM.astype(bool)
+    # Sanitise absent rows first: a nan there would otherwise reach the
+    # gradient of s through the matmul even though its logit is masked. Rows
+    # of s with no modality present are never anchors, so they may be garbage too.
+    z_BxMxP = jnp.where(present_BxM[..., None], z_BxMxP, 0).astype(dtype)
+    s_BxP = jnp.where(present_BxM.any(axis=1)[:, None], s_BxP, 0).astype(dtype)
+    logits_MxBxB = jnp.einsum("jp,kmp->mjk", s_BxP, z_BxMxP) / temperature
+    cand_Mx1xB = present_BxM.T[:, None, :]
+    logits_MxBxB = jnp.where(cand_Mx1xB, logits_MxBxB, _MASKED_LOGIT)
+    logsm_MxBxB = jnp.where(cand_Mx1xB, jax.nn.log_softmax(logits_MxBxB, axis=-1), 0)
 
-    lab_B = is_labeled_B.astype(bool)
-    probs_BxC = jax.lax.stop_gradient(probs_BxC).astype(dtype)
-    # Zero the labels of unlabeled rows so that nothing below can depend on them.
-    y_B = jnp.where(lab_B, labels_B, 0)
-    pred_B = jnp.argmax(probs_BxC, axis=-1)
-    yhat_B = jnp.where(lab_B, y_B, pred_B)
-    pass_B = lab_B | (jnp.max(probs_BxC, axis=-1) >= threshold)
-    pass_BxB = pass_B[:, None] & pass_B[None, :]
-    both_lab_BxB = lab_B[:, None] & lab_B[None, :]
-    same_BxB = yhat_B[:, None] == yhat_B[None, :]
-
-    if mode == "hard":
-        w_BxB = (same_BxB & pass_BxB).astype(dtype)
-        return jnp.maximum(w_BxB, eye_BxB)
-
-    p_BxC = jnp.where(lab_B[:, None], jax.nn.one_hot(y_B, c, dtype=dtype), probs_BxC)
-    a_BxB = p_BxC @ p_BxC.T
-
-    s_BxP = jax.lax.stop_gradient(s_BxP).astype(dtype)
-    # rho from labeled references in the batch: k_jl * [l labeled and y_l == pred_j].
-    kernel_BxB = rbf(sq_dist(s_BxP, s_BxP), sigma)
-    ref_BxB = lab_B[None, :] & (y_B[None, :] == pred_B[:, None])
-    n_ref_B = jnp.sum(ref_BxB, axis=-1)
-    rho_batch_B = jnp.sum(jnp.where(ref_BxB, kernel_BxB, 0), axis=-1) / jnp.maximum(n_ref_B, 1)
-    if centroids_CxP is None:
-        rho_fallback_B = jnp.zeros((b,), dtype)
-    else:
-        cent_BxP = jax.lax.stop_gradient(centroids_CxP).astype(dtype)[pred_B]
-        valid_C = (
-            jnp.ones((c,), bool) if centroid_valid_C is None else centroid_valid_C.astype(bool)
-        )
-        rho_cent_B = rbf(jnp.sum(jnp.square(s_BxP - cent_BxP), axis=-1), sigma)
-        rho_fallback_B = jnp.where(valid_C[pred_B], rho_cent_B, 0)
-    rho_B = jnp.where(lab_B, 1, jnp.where(n_ref_B > 0, rho_batch_B, rho_fallback_B))
-
-    w_soft_BxB = a_BxB * rho_B[:, None] * rho_B[None, :] * pass_BxB
-    w_BxB = jnp.where(both_lab_BxB, same_BxB.astype(dtype), w_soft_BxB)
-    w_BxB = jnp.where(eye_BxB > 0, 1, w_BxB)
-    return jax.lax.stop_gradient(w_BxB)
+    # where, not a product, so that weights of absent pairs (even nan) drop out.
+    pair_MxBxB = cand_Mx1xB & present_BxM.T[:, :, None]
+    wm_MxBxB = jnp.where(pair_MxBxB, jax.lax.stop_gradient(w_BxB).astype(dtype)[None], 0)
+    num_MxB = -jnp.sum(wm_MxBxB * logsm_MxBxB, axis=-1)
+    den_MxB = jnp.sum(wm_MxBxB, axis=-1)
+    valid_MxB = present_BxM.T
+    loss_MxB = jnp.where(valid_MxB, num_MxB / jnp.where(valid_MxB, den_MxB, 1), 0)
+    return loss_MxB.T, present_BxM
 
 
 def soft_pu_contrastive_loss(
@@ -262,67 +310,27 @@ def soft_pu_contrastive_loss(
     task: str = "multiclass",
     label_sigma: float = 0.5,
 ) -> tuple[jax.Array, jax.Array]:
-    """Soft positive-unlabeled contrastive loss between s and each z_i (method.md 3.2).
+    """Soft positive-unlabeled contrastive loss between s and each z_i (docs/method.md 3.2).
 
-    For modality i, anchor j and candidates k with modality i present (m_ki):
+    Exactly the composition
 
-        logit_ijk = <s_j, z_ik> / tau
-        l_ij = - sum_k w_jk m_ki log softmax_{k: m_ki}(logit_ijk) / sum_k w_jk m_ki
+        weighted_contrastive_loss(s, z, positive_weights(labels, is_labeled,
+            probs, s, mode=..., sigma=..., threshold=..., centroids..., task=...,
+            label_sigma=...), mask, temperature=temperature)
 
-    with w = positive_weights(..., task=task, label_sigma=label_sigma), so
-    labels_B and probs_BxC follow positive_weights' per-task shapes (regression:
-    probs_BxC is the predicted value, (B, 1)). The pair (j, i) is valid when m_ji: then
-    the positive k == j exists and the denominator is >= 1. Invalid pairs get
-    loss 0 with zero (finite) gradient; absent rows of z may hold garbage,
-    even nan. The softmax runs over the whole (global) batch: under jit with
-    a sharded batch, XLA gathers the candidates (see jax_notes.md).
+    so labels_B and probs_BxC follow positive_weights' per-task shapes.
 
     Returns:
       loss_BxM: (B, M) per-example, per-modality loss (0 where not valid).
       valid_BxM: (B, M) bool, = mask_BxM.
     Reduce with `reduce_pu_losses`.
     """
-    _check_choice("mode", mode, MODES)
-    _check_positive("temperature", temperature)
-    if s_BxP.ndim != 2:
-        raise ValueError(f"s_BxP must have shape (B, P), got {s_BxP.shape}.")
-    b, p = s_BxP.shape
-    if z_BxMxP.ndim != 3:
-        raise ValueError(f"z_BxMxP must have shape (B, M, P), got {z_BxMxP.shape}.")
-    m = z_BxMxP.shape[1]
-    _check_shape("z_BxMxP", z_BxMxP, (b, m, p), f"s_BxP {s_BxP.shape}")
-    _check_shape("mask_BxM", mask_BxM, (b, m), f"z_BxMxP {z_BxMxP.shape}")
-    _check_shape("probs_BxC", probs_BxC, (b, None), f"s_BxP {s_BxP.shape}")
     w_BxB = positive_weights(
-        labels_B,
-        is_labeled_B,
-        probs_BxC,
-        s_BxP,
-        mode=mode,
-        sigma=sigma,
-        threshold=threshold,
-        centroids_CxP=centroids_CxP,
-        centroid_valid_C=centroid_valid_C,
-        task=task,
+        labels_B, is_labeled_B, probs_BxC, s_BxP, mode=mode, sigma=sigma, threshold=threshold,
+        centroids_CxP=centroids_CxP, centroid_valid_C=centroid_valid_C, task=task,
         label_sigma=label_sigma,
-    )
-
-    dtype = jnp.promote_types(s_BxP.dtype, jnp.float32)
-    present_BxM = mask_BxM.astype(bool)
-    # Sanitise absent rows first: a nan there would otherwise reach the
-    # gradient of s through the matmul even though its logit is masked.
-    z_BxMxP = jnp.where(present_BxM[..., None], z_BxMxP, 0).astype(dtype)
-    logits_MxBxB = jnp.einsum("jp,kmp->mjk", s_BxP.astype(dtype), z_BxMxP) / temperature
-    cand_Mx1xB = present_BxM.T[:, None, :]
-    logits_MxBxB = jnp.where(cand_Mx1xB, logits_MxBxB, _MASKED_LOGIT)
-    logsm_MxBxB = jnp.where(cand_Mx1xB, jax.nn.log_softmax(logits_MxBxB, axis=-1), 0)
-
-    wm_MxBxB = w_BxB[None] * cand_Mx1xB
-    num_MxB = -jnp.sum(wm_MxBxB * logsm_MxBxB, axis=-1)
-    den_MxB = jnp.sum(wm_MxBxB, axis=-1)
-    valid_MxB = present_BxM.T
-    loss_MxB = jnp.where(valid_MxB, num_MxB / jnp.where(valid_MxB, den_MxB, 1), 0)
-    return loss_MxB.T, present_BxM
+    )  # fmt: skip
+    return weighted_contrastive_loss(s_BxP, z_BxMxP, w_BxB, mask_BxM, temperature=temperature)
 
 
 def reduce_pu_losses(
@@ -332,8 +340,8 @@ def reduce_pu_losses(
 
     Each is sum(loss * valid * sel) / max(1, count), so 0 when empty.
     """
-    _check_shape("valid_BxM", valid_BxM, loss_BxM.shape, f"loss_BxM {loss_BxM.shape}")
-    _check_shape("is_labeled_B", is_labeled_B, loss_BxM.shape[:1], f"loss_BxM {loss_BxM.shape}")
+    check_shape("valid_BxM", valid_BxM, loss_BxM.shape, f"loss_BxM {loss_BxM.shape}")
+    check_shape("is_labeled_B", is_labeled_B, loss_BxM.shape[:1], f"loss_BxM {loss_BxM.shape}")
     valid_BxM = valid_BxM.astype(bool)
     lab_Bx1 = is_labeled_B.astype(bool)[:, None]
     l_lb = masked_mean(loss_BxM, valid_BxM & lab_Bx1)
@@ -341,10 +349,13 @@ def reduce_pu_losses(
     return l_lb, l_ulb
 
 
+# ----------------------------------------------------------------------------- L_rec
+
+
 def latent_reconstruction_loss(
     h_hat_BxMxD: jax.Array, h_BxMxD: jax.Array, mask_BxM: jax.Array, *, stop_gradient: bool = True
 ) -> jax.Array:
-    """Latent reconstruction L_rec per example and modality (method.md 3.3).
+    """Latent reconstruction L_rec per example and modality (docs/method.md 3.3).
 
         l_ji = mean_d (h_hat_jid - sg(h_jid))^2  if m_ji else 0
 
@@ -362,8 +373,8 @@ def latent_reconstruction_loss(
     """
     if h_hat_BxMxD.ndim != 3:
         raise ValueError(f"h_hat_BxMxD must have shape (B, M, D), got {h_hat_BxMxD.shape}.")
-    _check_shape("h_BxMxD", h_BxMxD, h_hat_BxMxD.shape, f"h_hat_BxMxD {h_hat_BxMxD.shape}")
-    _check_shape("mask_BxM", mask_BxM, h_hat_BxMxD.shape[:2], f"h_hat_BxMxD {h_hat_BxMxD.shape}")
+    check_shape("h_BxMxD", h_BxMxD, h_hat_BxMxD.shape, f"h_hat_BxMxD {h_hat_BxMxD.shape}")
+    check_shape("mask_BxM", mask_BxM, h_hat_BxMxD.shape[:2], f"h_hat_BxMxD {h_hat_BxMxD.shape}")
     if stop_gradient:
         h_BxMxD = jax.lax.stop_gradient(h_BxMxD)
     present_BxMx1 = mask_BxM.astype(bool)[..., None]

@@ -1,7 +1,7 @@
 """Command line: train, checkpoint, resume and evaluate under missing modalities.
 
   python -m robult_jax.main --config configs/watch.py --workdir runs/watch \
-      [--config.data.label_rate=0.1 ...]
+      [--config.sampling.label_rate=0.1 ...]
 
 Thin on purpose: everything else lives in importable modules.
 """

@@ -1,6 +1,6 @@
 """Missing-modality protocols as data: subsets, random masks, hashes, files.
 
-Every evaluation condition of method.md section 5 is a presence mask
+Every evaluation condition of docs/method.md section 5 is a presence mask
 `mask_NxM` (bool, True = present). This module builds those masks with pure
 numpy from explicit seeds, names them, hashes them (so a results file can say
 exactly which masks produced its numbers) and stores them in a single `.npz`.
@@ -134,31 +134,6 @@ def mask_hash(mask: np.ndarray) -> str:
     digest.update(repr(tuple(int(d) for d in mask.shape)).encode())
     digest.update(np.packbits(np.ascontiguousarray(mask), axis=None).tobytes())
     return digest.hexdigest()[:16]
-
-
-def rate_key(rate: float) -> str:
-    """Canonical text for a missing rate: 0.0 -> "0.0", 0.3 -> "0.3"."""
-    text = f"{float(rate):.6g}"
-    return text if ("." in text or "e" in text) else text + ".0"
-
-
-def missing_protocol(
-    n: int, m: int, *, rates: Sequence[float], seeds: Sequence[int]
-) -> dict[str, np.ndarray]:
-    """Named random-missing masks `{"rate=0.3/seed=1": (n, m) bool}` for evaluation.
-
-    One mask per (rate, seed), rates outer, seeds inner, in the given order.
-    """
-    if not rates or not seeds:
-        raise ValueError(f"rates and seeds must be non-empty, got {rates!r} and {seeds!r}")
-    masks: dict[str, np.ndarray] = {}
-    for rate in rates:
-        for seed in seeds:
-            name = f"rate={rate_key(rate)}/seed={int(seed)}"
-            if name in masks:
-                raise ValueError(f"duplicate (rate, seed) in missing protocol: {name}")
-            masks[name] = random_missing(n, m, rate, int(seed))
-    return masks
 
 
 def _atomic_write(path: str | os.PathLike, write_fn) -> None:

@@ -3,8 +3,8 @@
 Shape legend: N samples, C classes (or outputs).
 
 Evaluation runs on host arrays after the jitted forward pass, so these are
-numpy functions; `task_metrics` dispatches on the dataset's `task` string
-("multiclass" | "multilabel" | "regression", see docs/interfaces.md).
+numpy functions; `robult_jax.tasks` picks the one of a dataset's task
+(`tasks.get(spec.task).metrics`) and names its primary metric.
 
     >>> import numpy as np
     >>> accuracy(np.array([0, 1, 1]), np.array([0, 1, 0]))
@@ -17,13 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-TASKS = ("multiclass", "multilabel", "regression")
-
-# The metric that selects checkpoints and heads reports, per task
-# (MultiBench: accuracy for AV-MNIST, macro-F1 for MM-IMDb; MAE is MOSI's usual headline).
-PRIMARY_METRIC = {"multiclass": "accuracy", "multilabel": "macro_f1", "regression": "mae"}
-
-# Direction of every metric `task_metrics` returns: True = higher is better.
+# Direction of every metric the functions below return: True = higher is better.
 HIGHER_IS_BETTER = {
     "accuracy": True,
     "macro_f1": True,
@@ -225,22 +219,6 @@ def regression_metrics(pred_N: np.ndarray, y_N: np.ndarray) -> dict[str, float]:
         classes = [np.round(np.clip(v, -bound, bound)) for v in (pred_N, y_N)]
         out[name] = float(np.mean(classes[0] == classes[1]))
     return out
-
-
-def task_metrics(outputs: np.ndarray, labels: np.ndarray, *, task: str) -> dict[str, float]:
-    """Metrics for a dataset `task` (docs/task_types.md).
-
-    - "multiclass": (N, C) logits, (N,) int labels -> accuracy, macro_f1.
-    - "multilabel": (N, C) logits, (N, C) 0/1 labels -> see `multilabel_metrics`.
-    - "regression": (N, 1) or (N,) predictions, (N,) labels -> see `regression_metrics`.
-    """
-    if task == "multiclass":
-        return classification_metrics(outputs, labels)
-    if task == "multilabel":
-        return multilabel_metrics(outputs, labels)
-    if task == "regression":
-        return regression_metrics(outputs, labels)
-    raise ValueError(f"data task must be one of {TASKS}, got {task!r}")
 
 
 def mean_std(values: Sequence[float] | np.ndarray) -> tuple[float, float]:

@@ -1,6 +1,11 @@
-"""The Robult objective and the pure train step.
+"""The Robult objective and the pure train step (docs/method.md section 3).
 
-L = w_sup * L_sup + w_lb * L_lb + w_ulb * L_ulb + w_rec * L_rec  (method.md section 3).
+    L = w_sup * (L_sup_fused + w_uni * L_sup_uni) + w_lb * L_lb + w_ulb * L_ulb + w_rec * L_rec
+
+`compute_losses` is the whole method in one screen, the same for both
+architectures: the model returns the same keys for each (robult_jax/models.py),
+and the task object (robult_jax/tasks.py) owns everything that differs between
+multi-class, multi-label and regression data.
 
 Shape legend: B batch (labeled rows first), M modalities, D latent width,
 P projection width, C classes.
@@ -17,10 +22,11 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from robult_jax import losses
+from robult_jax.config import LossConfig, OptimConfig
+from robult_jax.tasks import Task
 
 
 @flax.struct.dataclass
@@ -31,7 +37,7 @@ class TrainState:
     params: Any
     opt_state: Any
     # Per-class EMA of labeled fused embeddings: the RBF fallback reference when
-    # a class has no labeled sample in the batch (method.md 3.2) [ours].
+    # a class has no labeled sample in the batch (docs/method.md 3.2) [ours].
     centroids_CxP: jax.Array
     centroid_valid_C: jax.Array  # float 0/1 (checkpoint-friendly)
 
@@ -60,90 +66,108 @@ def update_centroids(
     return centroids_CxP, valid_C
 
 
-def prediction_targets(logits_BxC: jax.Array, task: str) -> jax.Array:
-    """What the PU weights read as the classifier's belief (docs/task_types.md):
-    softmax probabilities (multiclass), sigmoid probabilities (multilabel), the
-    predicted value itself, (B, 1) (regression)."""
-    if task == "multiclass":
-        return jax.nn.softmax(logits_BxC, axis=-1)
-    if task == "multilabel":
-        return jax.nn.sigmoid(logits_BxC)
-    return logits_BxC
-
-
 def compute_losses(
     params: Any,
     model: nn.Module,
     batch: dict,
     key: jax.Array,
     state: TrainState,
-    loss_config: ml_collections.ConfigDict,
-    task: str,
+    cfg: LossConfig,
+    task: Task,
 ) -> tuple[jax.Array, dict]:
     """Total loss and its terms for one batch. Returns (loss, aux)."""
-    mask_BxM = batch["mask"]
-    is_labeled_B = batch["is_labeled"]
-    labels = batch["labels"]
+    mask_BxM, labels = batch["mask"], batch["labels"]
     out = model.apply(
         {"params": params}, batch["inputs"], mask_BxM, train=True, rngs={"dropout": key}
     )
-    terms = {}
-    sup_B = losses.supervised_loss(out["logits_BxC"], labels, task=task)
-    terms["sup"] = losses.masked_mean(sup_B, is_labeled_B)
+    # Rows where the fused branch (h_0, s) exists; "paper": every modality present.
+    # Every term that needs h_0 or s masks the other rows out.
+    fused_B = out["fused_valid_B"]
+    lab_B = batch["is_labeled"] & fused_B
+    terms = {"sup": losses.masked_mean(task.loss(out["fused_logits_BxC"], labels), lab_B)}
+    if cfg.w_uni:  # "paper": the per-modality predictions c(u_i + z_i) learn the task too
+        uni_BxM = jax.vmap(task.loss, in_axes=(1, None), out_axes=1)(
+            out["uni_logits_BxMxC"], labels
+        )
+        uni_B = jnp.sum(jnp.where(mask_BxM, uni_BxM, 0), 1) / jnp.maximum(mask_BxM.sum(1), 1)
+        terms["uni"] = losses.masked_mean(uni_B, batch["is_labeled"] & mask_BxM.any(1))
 
-    if loss_config.w_lb or loss_config.w_ulb:
-        # The classifier's beliefs decide soft positives; they are targets, not paths
-        # for gradients (positive_weights also stops them).
-        probs_BxC = prediction_targets(jax.lax.stop_gradient(out["logits_BxC"]), task)
-        pu_BxM, valid_BxM = losses.soft_pu_contrastive_loss(
-            out["s_BxP"],
-            out["z_BxMxP"],
+    if cfg.w_lb or cfg.w_ulb:
+        w_BxB = task.positive_weights(
             labels,
-            is_labeled_B,
-            probs_BxC,
-            mask_BxM,
-            mode=loss_config.pu_mode,
-            temperature=loss_config.temperature,
-            sigma=loss_config.sigma,
-            threshold=loss_config.threshold,
+            lab_B,
+            task.beliefs(out["fused_logits_BxC"]),
+            out["s_BxP"],
+            mode=cfg.pu_mode,
+            sigma=cfg.sigma,
+            threshold=cfg.threshold,
+            label_sigma=cfg.label_sigma,
             centroids_CxP=state.centroids_CxP,
             centroid_valid_C=state.centroid_valid_C > 0,
-            task=task,
-            label_sigma=loss_config.label_sigma,
         )
-        terms["lb"], terms["ulb"] = losses.reduce_pu_losses(pu_BxM, valid_BxM, is_labeled_B)
-    if loss_config.w_rec:
+        pu_mask_BxM = mask_BxM & fused_B[:, None]  # rows without s: neither anchor nor candidate
+        pu_BxM, valid_BxM = losses.weighted_contrastive_loss(
+            out["s_BxP"], out["z_BxMxP"], w_BxB, pu_mask_BxM, temperature=cfg.temperature
+        )
+        terms["lb"], terms["ulb"] = losses.reduce_pu_losses(pu_BxM, valid_BxM, lab_B)
+    if cfg.w_rec:
+        target_BxMxD, rec_mask_BxM = out["h_BxMxD"], mask_BxM
+        if cfg.rec_target == "h_0":  # each modality learns to stand in for the fused latent
+            target_BxMxD = jnp.broadcast_to(out["h0_BxD"][:, None], target_BxMxD.shape)
+            rec_mask_BxM = mask_BxM & fused_B[:, None]
         rec_BxM = losses.latent_reconstruction_loss(
-            out["h_hat_BxMxD"],
-            out["h_BxMxD"],
-            mask_BxM,
-            stop_gradient=loss_config.rec_stop_gradient,
+            out["h_hat_BxMxD"], target_BxMxD, rec_mask_BxM, stop_gradient=cfg.rec_stop_gradient
         )
-        terms["rec"] = losses.masked_mean(rec_BxM, mask_BxM)
+        terms["rec"] = losses.masked_mean(rec_BxM, rec_mask_BxM)
 
     weights = {
-        "sup": loss_config.w_sup,
-        "lb": loss_config.w_lb,
-        "ulb": loss_config.w_ulb,
-        "rec": loss_config.w_rec,
+        "sup": cfg.w_sup,
+        "uni": cfg.w_sup * (cfg.w_uni or 0.0),
+        "lb": cfg.w_lb,
+        "ulb": cfg.w_ulb,
+        "rec": cfg.w_rec,
     }
     total = sum(weights[name] * value for name, value in terms.items())
-    pred_B = jnp.argmax(out["logits_BxC"], -1) if task == "multiclass" else None
-    aux = {"terms": terms, "s_BxP": out["s_BxP"]}
-    if pred_B is not None:
-        aux["labeled_accuracy"] = losses.masked_mean(
-            (pred_B == labels).astype(jnp.float32), is_labeled_B
-        )
+    aux = {
+        "terms": terms,
+        "s_BxP": out["s_BxP"],
+        "centroid_rows_B": lab_B,
+        "train_metrics": task.train_metrics(out["logits_BxC"], labels, batch["is_labeled"]),
+    }
     return total, aux
+
+
+def make_schedule(optim: OptimConfig, num_steps: int) -> optax.Schedule:
+    """Linear warm-up to `learning_rate`, then cosine decay to 1% of it at `num_steps`."""
+    warmup = min(optim.warmup_steps, max(num_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=optim.learning_rate,
+        warmup_steps=warmup,
+        decay_steps=max(num_steps, warmup + 1),
+        end_value=optim.learning_rate * 0.01,
+    )
+
+
+def make_optimizer(optim: OptimConfig, num_steps: int) -> optax.GradientTransformation:
+    """AdamW on `make_schedule`, after global-norm clipping."""
+    return optax.chain(
+        optax.clip_by_global_norm(optim.grad_clip_norm),
+        optax.adamw(make_schedule(optim, num_steps), weight_decay=optim.weight_decay),
+    )
 
 
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
-    loss_config: ml_collections.ConfigDict,
-    task: str,
+    loss_config: LossConfig,
+    task: Task,
+    schedule: optax.Schedule,
 ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
-    """Builds `train_step(state, batch, key) -> (state, metrics)` (not yet jitted)."""
+    """Builds `train_step(state, batch, key) -> (state, metrics)` (not yet jitted).
+
+    `schedule` is only read to log the learning rate of the step.
+    """
 
     def train_step(state: TrainState, batch: dict, key: jax.Array) -> tuple[TrainState, dict]:
         # One key per step, never reused: fold the step into the run's train key.
@@ -153,13 +177,13 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         centroids_CxP, valid_C = state.centroids_CxP, state.centroid_valid_C
-        if task == "multiclass":
+        if task.uses_centroids:
             centroids_CxP, valid_C = update_centroids(
                 centroids_CxP,
                 valid_C,
                 aux["s_BxP"],
                 batch["labels"],
-                batch["is_labeled"],
+                aux["centroid_rows_B"],
                 decay=loss_config.centroid_decay,
             )
         new_state = state.replace(
@@ -169,29 +193,14 @@ def make_train_step(
             centroids_CxP=centroids_CxP,
             centroid_valid_C=valid_C,
         )
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-        metrics["param_norm"] = optax.tree.norm(params)
-        metrics.update({f"loss_{k}": v for k, v in aux["terms"].items()})
-        if "labeled_accuracy" in aux:
-            metrics["labeled_accuracy"] = aux["labeled_accuracy"]
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),
+            "learning_rate": schedule(state.step),
+            **{f"loss_{k}": v for k, v in aux["terms"].items()},
+            **aux["train_metrics"],
+        }
         return new_state, metrics
 
     return train_step
-
-
-def make_optimizer(
-    optim_config: ml_collections.ConfigDict, num_steps: int
-) -> optax.GradientTransformation:
-    """AdamW on a warm-up + cosine schedule, after global-norm clipping."""
-    warmup = min(optim_config.warmup_steps, max(num_steps - 1, 0))
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=optim_config.learning_rate,
-        warmup_steps=warmup,
-        decay_steps=max(num_steps, warmup + 1),
-        end_value=optim_config.learning_rate * 0.01,
-    )
-    return optax.chain(
-        optax.clip_by_global_norm(optim_config.grad_clip_norm),
-        optax.adamw(schedule, weight_decay=optim_config.weight_decay),
-    )

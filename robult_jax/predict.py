@@ -34,7 +34,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from robult_jax import checkpointing, evaluate, models, objective, parallel, train
+from robult_jax import checkpointing, evaluate, models, objective, parallel, tasks, train
+from robult_jax import config as config_lib
 from robult_jax.data import arrays
 from robult_jax.data.types import DatasetSpec, ModalitySpec, Split
 
@@ -44,9 +45,9 @@ class Trained:
     """A trained run, restored from its workdir, ready to predict."""
 
     workdir: str
-    config: ml_collections.ConfigDict  # from config.json
+    config: config_lib.Config  # from config.json
     spec: DatasetSpec  # from dataset_spec.json
-    model: models.Robult
+    model: models.PaperRobult | models.FusedRobult
     params: Any  # of the best checkpoint, replicated on `mesh`
     best_step: int
     input_stats: dict[str, dict[str, np.ndarray]] | None  # from input_stats.npz
@@ -107,7 +108,14 @@ def load_trained(workdir: str) -> Trained:
             f"validation, every train.eval_every steps); " + _train_hint(workdir)
         )
     with open(os.path.join(workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+        raw = ml_collections.ConfigDict(json.load(f))
+    try:
+        config = config_lib.from_config_dict(raw)
+    except ValueError as e:
+        raise ValueError(
+            f"{workdir}/config.json is not a config this version can read ({e}); it was "
+            "probably written by an older robult_jax: train it again in a new --workdir."
+        ) from e
     spec = _read_spec(spec_path)
     model = models.build_model(config.model, spec)
 
@@ -146,18 +154,6 @@ def load_trained(workdir: str) -> Trained:
 
 def _rows_shape(shape: tuple[int, ...]) -> str:
     return f"(N, {', '.join(map(str, shape))})"
-
-
-def _outputs(task: str, logits_NxC: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, predictions) for `task`."""
-    if task == "multiclass":
-        z = logits_NxC - logits_NxC.max(axis=1, keepdims=True)
-        probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-        return probs.astype(np.float32), logits_NxC.argmax(axis=1).astype(np.int32)
-    if task == "multilabel":
-        probs = (1.0 / (1.0 + np.exp(-logits_NxC))).astype(np.float32)
-        return probs, (probs > 0.5).astype(np.int32)
-    return logits_NxC.astype(np.float32), logits_NxC[:, 0].astype(np.float32)
 
 
 def predict_arrays(
@@ -224,12 +220,11 @@ def predict_arrays(
         trained.predict_fn,
         trained.params,
         split,
-        spec,
         present_NxM,
         batch_size=batch_size,
         mesh=trained.mesh,
     ).astype(np.float32)
-    probs, preds = _outputs(spec.task, logits)
+    probs, preds = tasks.get(spec.task).outputs(logits)
     class_names = spec.class_names
     if not class_names and spec.task != "regression":
         class_names = tuple(str(c) for c in range(spec.num_outputs))

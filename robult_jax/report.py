@@ -8,8 +8,9 @@ method, label_rate, seeds, commit, mask hashes, ...) plus two sections
 
 where a metric value is a float (one run) or `{"mean", "std", "values"}`
 (aggregated over seeds by `aggregate_runs`). Keys of `random_missing` are rate
-strings (`masks.rate_key`). Every file is written to a temp file and renamed
-into place, so a crash never leaves a truncated results file behind.
+strings (`f"{rate:g}"`, as `evaluate` writes them). Every file is written to a
+temp file and renamed into place, so a crash never leaves a truncated results
+file behind.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ class TransformerBlock(nn.Module):
 
     num_heads: int
     hidden_dim: int
-    dropout_rate: float = 0.0
+    dropout_rate: float
 
     @nn.compact
     def __call__(
@@ -76,10 +76,10 @@ class TransformerSequenceEncoder(nn.Module):
 
     latent_dim: int
     width: int
-    num_layers: int = 1
-    num_heads: int = 4
-    hidden_dim: int = 128
-    dropout_rate: float = 0.0
+    num_layers: int
+    num_heads: int
+    hidden_dim: int
+    dropout_rate: float
 
     @nn.compact
     def __call__(self, x_BxTxF1: jax.Array, *, train: bool = False) -> jax.Array:
@@ -118,8 +118,8 @@ class GRUSequenceEncoder(nn.Module):
 
     latent_dim: int
     width: int
-    num_layers: int = 1
-    dropout_rate: float = 0.0
+    num_layers: int
+    dropout_rate: float
 
     @nn.compact
     def __call__(self, x_BxTxF1: jax.Array, *, train: bool = False) -> jax.Array:

@@ -15,15 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from robult_jax import (
-    checkpointing,
-    config_validation,
-    evaluate,
-    models,
-    objective,
-    parallel,
-    report,
-)
+from robult_jax import checkpointing, evaluate, models, objective, parallel, report, tasks
+from robult_jax import config as config_lib
 from robult_jax import masks as masks_lib
 from robult_jax.data import load_dataset, sampler
 from robult_jax.metric_writer import MetricWriter, Progress
@@ -46,7 +39,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def create_state(
-    config: ml_collections.ConfigDict, model, tx, spec, key: jax.Array, batch: dict
+    cfg: config_lib.Config, model, tx, spec, key: jax.Array, batch: dict
 ) -> objective.TrainState:
     params = model.init({"params": key}, batch["inputs"], batch["mask"], train=False)["params"]
     num_classes = spec.num_outputs
@@ -54,19 +47,19 @@ def create_state(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=tx.init(params),
-        centroids_CxP=jnp.zeros((num_classes, config.model.proj_dim), jnp.float32),
+        centroids_CxP=jnp.zeros((num_classes, cfg.model.embed_dim), jnp.float32),
         centroid_valid_C=jnp.zeros((num_classes,), jnp.float32),
     )
 
 
 def init_state(
-    config: ml_collections.ConfigDict, model, tx, spec, key: jax.Array, batch: dict
+    cfg: config_lib.Config, model, tx, spec, key: jax.Array, batch: dict
 ) -> objective.TrainState:
     """`create_state`, compiled. Initialisation runs once, so XLA's slow optimisation
     passes buy nothing here; level 0 halves its compile time on CPU (12 s -> 6 s
     for the watch model)."""
     return jax.jit(
-        lambda k: create_state(config, model, tx, spec, k, batch),
+        lambda k: create_state(cfg, model, tx, spec, k, batch),
         compiler_options={"xla_backend_optimization_level": 0},
     )(key)
 
@@ -103,18 +96,26 @@ def write_dataset_artifacts(workdir: str, dataset) -> None:
         os.replace(tmp, os.path.join(workdir, "input_stats.npz"))
 
 
-def _label_split(config, dataset, workdir: str) -> np.ndarray:
+def _label_split(sampling: config_lib.SamplingConfig, dataset, workdir: str) -> np.ndarray:
     """The labeled training indices, saved beside the results (or re-read on resume)."""
     path = os.path.join(workdir, "label_split.json")
     if os.path.exists(path):
         idx, _ = sampler.load_label_split(path)
         return idx
-    idx = sampler.label_split(dataset.train.labels, config.data.label_rate, config.data.label_seed)
+    idx = sampler.label_split(dataset.train.labels, sampling.label_rate, sampling.label_seed)
     if jax.process_index() == 0:
-        sampler.save_label_split(
-            path, idx, rate=config.data.label_rate, seed=config.data.label_seed
-        )
+        sampler.save_label_split(path, idx, rate=sampling.label_rate, seed=sampling.label_seed)
     return idx
+
+
+def check_batch_sizes(cfg: config_lib.Config) -> None:
+    """Every global batch must split evenly over the devices."""
+    for field, size in (
+        ("sampling.labeled_batch", cfg.sampling.labeled_batch),
+        ("sampling.unlabeled_batch", cfg.sampling.unlabeled_batch),
+        ("eval.batch_size", cfg.eval.batch_size),
+    ):
+        parallel.check_batch_size(size, field)
 
 
 def train_and_evaluate(
@@ -126,40 +127,42 @@ def train_and_evaluate(
 ) -> dict | None:
     """Trains (or resumes), keeps the best validation checkpoint, evaluates it on test.
 
+    `config` is the ml_collections config of a file in configs/; it is
+    validated once, here, before anything is loaded or written.
     `pause_at_step`: stop after that step with a checkpoint and no evaluation
     (returns None), e.g. to fit a time-limited session; the next call resumes.
     `devices`: the devices of the data-parallel mesh (default: all).
     """
-    config_validation.validate_config(config)
-    dataset = load_dataset(config.data)
-    config_validation.validate_against_dataset(config, dataset.spec)
+    cfg = config_lib.from_config_dict(config)
+    check_batch_sizes(cfg)
+    dataset = load_dataset(cfg.data)
+    spec = dataset.spec
+    config_lib.check_against_dataset(cfg, spec)
+    task = tasks.get(spec.task)
     os.makedirs(workdir, exist_ok=True)
     checkpointing.check_workdir_config(workdir, config)
-    spec = dataset.spec
 
     mesh = parallel.make_mesh(devices)
-    labeled_idx = _label_split(config, dataset, workdir)
+    labeled_idx = _label_split(cfg.sampling, dataset, workdir)
     train_sampler = sampler.SemiSupervisedSampler(
         dataset.train,
         labeled_idx,
-        labeled_batch=config.data.labeled_batch,
-        unlabeled_batch=config.data.unlabeled_batch,
-        modality_dropout=tuple(config.data.get("modality_dropout_rates", ()))
-        or config.data.modality_dropout,
-        seed=config.seed,
+        labeled_batch=cfg.sampling.labeled_batch,
+        unlabeled_batch=cfg.sampling.unlabeled_batch,
+        modality_dropout=cfg.sampling.dropout(),
+        seed=cfg.seed,
     )
-    model = models.build_model(config.model, spec)
-    num_steps = config.train.num_steps
-    tx = objective.make_optimizer(config.optim, num_steps)
+    model = models.build_model(cfg.model, spec)
+    num_steps = cfg.train.num_steps
+    tx = objective.make_optimizer(cfg.optim, num_steps)
 
     # Named random streams, split once from the seed.
-    init_key, train_key = jax.random.split(jax.random.key(config.seed))
-    first = train_sampler.batch(0)
-    state = init_state(config, model, tx, spec, init_key, first)
+    init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
+    state = init_state(cfg, model, tx, spec, init_key, train_sampler.batch(0))
     state = parallel.replicate(state, mesh)
     abstract_state = checkpointing.abstract_like(state)
 
-    ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    ckpt = checkpointing.Checkpointer(workdir, keep=cfg.train.keep_checkpoints)
     restored = ckpt.restore_latest(abstract_state)
     if restored is not None:
         state = restored
@@ -169,22 +172,30 @@ def train_and_evaluate(
     start_step = int(state.step)
     writer = MetricWriter(workdir)
 
+    schedule = objective.make_schedule(cfg.optim, num_steps)
     train_step = jax.jit(
-        objective.make_train_step(model, tx, config.loss, spec.task), donate_argnums=(0,)
+        objective.make_train_step(model, tx, cfg.loss, task, schedule), donate_argnums=(0,)
     )
     predict = evaluate.make_predict_fn(model, mesh)
-    eval_kw = dict(batch_size=config.eval.batch_size, mesh=mesh)
+    eval_kw = dict(batch_size=cfg.eval.batch_size, mesh=mesh)
 
-    progress = Progress(num_steps, start_step, config.train.progress_bar and start_step < num_steps)
-    last_log_time, last_log_step = time.time(), start_step
+    show_progress = cfg.train.progress_bar and start_step < num_steps
+    progress = None
+    timed_from = None  # (time, step) after the first, compiling, step of this process
     stop = num_steps if pause_at_step is None else min(num_steps, pause_at_step)
     for step in range(start_step, stop):
         batch = parallel.shard_batch(train_sampler.batch(step), mesh)
         state, metrics = train_step(state, batch, train_key)
         done = step + 1
-        log = done % config.train.log_every == 0 or done == num_steps
-        evaluate_now = done % config.train.eval_every == 0 or done == num_steps
-        save = done % config.train.checkpoint_every == 0 or done in (num_steps, stop)
+        if timed_from is None:
+            # The first step compiles; steps/s and the progress bar's ETA start after it.
+            jax.block_until_ready(metrics)
+            timed_from = (time.time(), done)
+            progress = Progress(num_steps, done, show_progress)
+        log = done % cfg.train.log_every == 0 or done == num_steps
+        evaluate_now = done % cfg.train.eval_every == 0 or done == num_steps
+        save = done % cfg.train.checkpoint_every == 0 or done in (num_steps, stop)
+        row = {}  # one metrics.jsonl row per step
         if log or evaluate_now or save:
             # Device values are fetched only here; a non-finite loss is caught
             # before any state of this step can be evaluated or saved.
@@ -199,24 +210,27 @@ def train_and_evaluate(
                     "optim.learning_rate."
                 )
         if log:
-            now = time.time()
-            rate = (done - last_log_step) / max(now - last_log_time, 1e-9)
-            last_log_time, last_log_step = now, done
-            writer.write(done, {f"train/{k}": v for k, v in metrics.items()})
-            writer.write(done, {"train/steps_per_sec": rate})
-            progress.update(0, loss=f"{float(metrics['loss']):.3f}", steps_s=f"{rate:.1f}")
+            row.update({f"train/{k}": v for k, v in metrics.items()})
+            elapsed, timed_steps = time.time() - timed_from[0], done - timed_from[1]
+            if timed_steps > 0:
+                row["train/steps_per_sec"] = timed_steps / max(elapsed, 1e-9)
+                timed_from = (time.time(), done)
+            progress.update(0, loss=f"{float(metrics['loss']):.3f}")
         if evaluate_now:
             val = evaluate.evaluate_subsets(
-                predict, state.params, dataset.validation, spec, **eval_kw
+                predict, state.params, dataset.validation, task, **eval_kw
             )
-            score = evaluate.validation_score(val, spec)
-            flat = {f"eval/val/{s}/{k}": v for s, r in val.items() for k, v in r.items()}
-            writer.write(done, {**flat, "eval/val/score": score})
+            score = evaluate.validation_score(val, task)
+            row.update({f"eval/val/{s}/{k}": v for s, r in val.items() for k, v in r.items()})
+            row["eval/val/score"] = score
             ckpt.save_best(done, state, score)
+        if row:
+            writer.write(done, row)
         if save:
             ckpt.save(done, state)
         progress.update(1)
-    progress.close()
+    if progress is not None:
+        progress.close()
     ckpt.wait_until_finished()
     if stop < num_steps:
         ckpt.close()
@@ -227,7 +241,9 @@ def train_and_evaluate(
     if best is None:  # e.g. num_steps == 0: evaluate the initial state
         best, best_step = state, int(state.step)
     eval_masks: dict[str, np.ndarray] = {}
-    results = _final_evaluation(config, dataset, predict, best.params, eval_kw, eval_masks)
+    results = _final_evaluation(
+        cfg, config, dataset, task, predict, best.params, eval_kw, eval_masks
+    )
     results.update(
         best_step=int(best_step),
         label_split_hash=sampler.indices_sha256(labeled_idx),
@@ -238,55 +254,44 @@ def train_and_evaluate(
         masks_lib.save_masks(
             os.path.join(workdir, "eval_masks.npz"),
             eval_masks,
-            {"split": config.eval.split, "modalities": list(spec.modality_names)},
+            {"split": cfg.eval.split, "modalities": list(spec.modality_names)},
         )
         report.write_results(workdir, results, metric=results["primary_metric"])
     ckpt.close()
     return results
 
 
-def _final_evaluation(config, dataset, predict, params, eval_kw, masks_out) -> dict:
+def _final_evaluation(cfg, config, dataset, task, predict, params, eval_kw, masks_out) -> dict:
     spec = dataset.spec
-    test = {"test": dataset.test, "validation": dataset.validation}[config.eval.split]
-    subsets = evaluate.evaluate_subsets(predict, params, test, spec, **eval_kw)
+    test = {"test": dataset.test, "validation": dataset.validation}[cfg.eval.split]
+    subsets = evaluate.evaluate_subsets(predict, params, test, task, **eval_kw)
+    seeds = cfg.eval.mask_seeds
     random_missing, hashes = evaluate.evaluate_random_missing(
-        predict,
-        params,
-        test,
-        spec,
-        rates=tuple(config.eval.missing_rates),
-        seeds=tuple(config.eval.mask_seeds),
-        masks_out=masks_out,
-        **eval_kw,
-    )
-    per_modality_rates = tuple(tuple(r) for r in config.eval.get("per_modality_rates", ()))
-    if per_modality_rates:
+        predict, params, test, task, rates=cfg.eval.missing_rates, seeds=seeds,
+        masks_out=masks_out, **eval_kw,
+    )  # fmt: skip
+    if cfg.eval.per_modality_rates:
         per_modality, more_hashes = evaluate.evaluate_random_missing(
-            predict,
-            params,
-            test,
-            spec,
-            rates=per_modality_rates,
-            seeds=tuple(config.eval.mask_seeds),
-            masks_out=masks_out,
-            **eval_kw,
-        )
+            predict, params, test, task, rates=cfg.eval.per_modality_rates, seeds=seeds,
+            masks_out=masks_out, **eval_kw,
+        )  # fmt: skip
         hashes.update(more_hashes)
     return {
         "dataset": spec.name,
         "variant": spec.variant or spec.name,
-        "method": config.method,
-        "split": config.eval.split,
+        "method": cfg.method,
+        "architecture": cfg.model.architecture,
+        "split": cfg.eval.split,
         "task": spec.task,
-        "primary_metric": evaluate.primary_metric(spec),
-        "label_rate": config.data.label_rate,
-        "seed": config.seed,
-        "mask_seeds": list(config.eval.mask_seeds),
+        "primary_metric": task.primary_metric,
+        "label_rate": cfg.sampling.label_rate,
+        "seed": cfg.seed,
+        "mask_seeds": list(seeds),
         "mask_hashes": hashes,
         "subset_mask_hash": masks_lib.mask_hash(masks_lib.all_subsets(len(spec.modalities))),
         "commit": report.git_commit(),
         "config": json.loads(config.to_json_best_effort()),
         "subsets": subsets,
         "random_missing": random_missing,
-        **({"per_modality_missing": per_modality} if per_modality_rates else {}),
+        **({"per_modality_missing": per_modality} if cfg.eval.per_modality_rates else {}),
     }

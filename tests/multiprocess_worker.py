@@ -13,7 +13,7 @@ import jax
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# As in ../shared/design/jax_notes.md: before any other JAX call.
+# Before any other JAX call: the device count and the CPU collectives are fixed at start-up.
 jax.config.update("jax_num_cpu_devices", 2)
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 

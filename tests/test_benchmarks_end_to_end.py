@@ -8,21 +8,23 @@ weights, MAE-based model selection) and the regression metrics.
 import os
 
 import numpy as np
+import pytest
 from test_data_benchmarks import _write_affect
 
 from configs import mosi
 from robult_jax import train
 
 
+@pytest.mark.slow
 def test_mosi_config_trains_and_evaluates_on_a_fixture(tmp_path):
     _write_affect(os.path.join(tmp_path, "mosi_data.pkl"))
     config = mosi.get_config()
     config.data.manual_dir = str(tmp_path)
     config.data.data_dir = str(tmp_path / "tfds")
-    config.data.label_rate = 0.5
-    config.data.labeled_batch = 4
-    config.data.unlabeled_batch = 4
-    for field, value in dict(latent_dim=16, hidden_dim=16, proj_dim=8, unique_dim=8).items():
+    config.sampling.label_rate = 0.5
+    config.sampling.labeled_batch = 4
+    config.sampling.unlabeled_batch = 4
+    for field, value in dict(latent_dim=16, hidden_dim=16).items():
         config.model[field] = value
     config.model.num_heads = 2
     config.train.num_steps = 4

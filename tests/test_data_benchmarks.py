@@ -1,7 +1,7 @@
 """Tests for the AV-MNIST, MM-IMDb and CMU-MOSI/MOSEI builders of user-supplied files.
 
 Every fixture is a tiny file written here in the published on-disk format
-(recipes: /work/shared/design/external_formats.md), 20 samples each; nothing
+(recipes: docs/benchmark_formats.md), 20 samples each; nothing
 is downloaded. Each build takes about a second.
 """
 
@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from robult_jax import config_validation
+from robult_jax import config as config_lib
 from robult_jax.data import load_dataset, register_dataset
 from robult_jax.data.benchmarks import affect, avmnist, mmimdb
 
@@ -111,10 +111,11 @@ def test_avmnist_config_and_model(av):
     register_dataset("avmnist", avmnist.load_avmnist, overwrite=True)
     ds2 = load_dataset(config.data)
     assert len(ds2.validation) == 4
-    config_validation.validate_against_dataset(config, ds.spec)
+    typed = config_lib.from_config_dict(config)
+    config_lib.check_against_dataset(typed, ds.spec)
     from robult_jax import models
 
-    models.build_model(config.model, ds.spec)  # cnn2d accepts both 2-D modalities
+    models.build_model(typed.model, ds.spec)  # cnn2d accepts both 2-D modalities
 
 
 def test_avmnist_errors(tmp_path, av):
@@ -238,10 +239,11 @@ def test_mmimdb_config_and_model(imdb):
     register_dataset("mmimdb", mmimdb.load_mmimdb, overwrite=True)
     ds = load_dataset(config.data)
     assert (len(ds.train), len(ds.validation), len(ds.test)) == (10, 5, 5)
-    config_validation.validate_against_dataset(config, ds.spec)
+    typed = config_lib.from_config_dict(config)
+    config_lib.check_against_dataset(typed, ds.spec)
     from robult_jax import models
 
-    models.build_model(config.model, ds.spec)
+    models.build_model(typed.model, ds.spec)
 
 
 def test_mmimdb_errors(tmp_path):
@@ -367,7 +369,7 @@ def test_mosi_config_registry_and_model(mosi):
     register_dataset("mosi", affect.load_mosi, overwrite=True)
     ds = load_dataset(config.data)
     assert len(ds.train) == 11
-    config_validation.validate_against_dataset(config, ds.spec)
+    config_lib.check_against_dataset(config_lib.from_config_dict(config), ds.spec)
     assert _config("mosei").data.pickle == "mosei_senti_data.pkl"
 
 

@@ -1,7 +1,8 @@
 """Tests for robult_jax.losses: hand values, numpy loop references, gradients, masks.
 
-The numpy references below are written from method.md 3.2 with plain loops,
-independently of the vectorised implementation.
+The numpy references below are written from docs/method.md 3.2 with plain loops,
+independently of the vectorised implementation. The multi-label and regression
+weight rules are tested in test_tasks.py (with the Task objects).
 
 Shape legend: B batch, M modalities, D latent width, P projection width, C classes.
 """
@@ -81,11 +82,23 @@ def make_batch(seed=0, b=8, m=3, p=4, c=3, n_lab=4, drop=0.3):
     return dict(s=s, z=z, labels=labels, is_lab=is_lab, probs=probs, mask=mask)
 
 
+def make_task_batch(task, seed=0, b=8, c=3, n_lab=4):
+    """make_batch's shapes with the labels and beliefs of `task`."""
+    d = make_batch(seed=seed, b=b, c=c, n_lab=n_lab)
+    rng = np.random.default_rng(seed + 100)
+    if task == "multilabel":
+        d["labels"] = (rng.random((b, c)) < 0.5).astype(np.float32)
+        d["probs"] = (1 / (1 + np.exp(-2 * rng.normal(size=(b, c))))).astype(np.float32)
+    elif task == "regression":
+        d["labels"] = rng.uniform(-3, 3, size=b).astype(np.float32)
+        d["probs"] = rng.uniform(-3, 3, size=(b, 1)).astype(np.float32)
+    return d
+
+
 # Jitted once per signature: eager op-by-op dispatch would dominate test time.
-_jit_loss = jax.jit(losses.soft_pu_contrastive_loss, static_argnames="mode")
-
-
-_jit_weights = jax.jit(losses.positive_weights, static_argnames="mode")
+_jit_loss = jax.jit(losses.soft_pu_contrastive_loss, static_argnames=("mode", "task"))
+_jit_weights = jax.jit(losses.positive_weights, static_argnames=("mode", "task"))
+_jit_weighted = jax.jit(losses.weighted_contrastive_loss)
 
 
 def call_loss(d, **kw):
@@ -107,10 +120,29 @@ def test_supervised_loss_hand_values():
     got = losses.supervised_loss(logits, jnp.asarray(y_ml), task="multilabel")
     np.testing.assert_allclose(got, bce, rtol=1e-5)
 
+    np.testing.assert_allclose(losses.multilabel_loss(logits, jnp.asarray(y_ml)), bce, rtol=1e-5)
+    # Large |logits|: optax's log_sigmoid form stays finite where log(sigmoid) would not.
+    big = losses.multilabel_loss(jnp.array([[100.0, -100.0]]), jnp.array([[0.0, 1.0]]))
+    np.testing.assert_allclose(big, [100.0], rtol=1e-6)
+
     got = losses.supervised_loss(
         jnp.array([[0.5], [-2.0]]), jnp.array([1.5, -1.0]), task="regression"
     )
     np.testing.assert_allclose(got, [1.0, 1.0], rtol=1e-6)
+
+
+def test_multiclass_out_of_range_labels():
+    # As documented in multiclass_loss: y >= C gives nan (JAX's gather fills),
+    # -C <= y < 0 wraps like numpy indexing; a masked mean keeps the nan out.
+    logits = jnp.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0], [0.3, 0.2, 0.1]])
+    loss = jax.jit(losses.multiclass_loss)(logits, jnp.array([3, -1, 0]))
+    assert np.isnan(loss[0])
+    np.testing.assert_allclose(loss[1], losses.multiclass_loss(logits, jnp.array([0, 2, 0]))[1])
+    where = jnp.array([False, True, True])
+    value, grad = jax.value_and_grad(
+        lambda x: losses.masked_mean(losses.multiclass_loss(x, jnp.array([3, -1, 0])), where)
+    )(logits)
+    assert np.isfinite(value) and np.isfinite(grad).all() and not np.any(grad[0])
 
 
 def test_supervised_loss_errors():
@@ -124,6 +156,8 @@ def test_supervised_loss_errors():
         losses.supervised_loss(jnp.zeros((2, 3)), jnp.zeros(2), task="regression")
     with pytest.raises(ValueError, match=r"\(2, 2\).*\(2, 3\)"):
         losses.supervised_loss(jnp.zeros((2, 3)), jnp.zeros((2, 2)), task="multilabel")
+    with pytest.raises(ValueError, match=r"logits_BxC.*\(B, C\)"):
+        losses.supervised_loss(jnp.zeros(3), jnp.zeros(3, jnp.int32))
 
 
 # ----------------------------------------------------------------------------- weights
@@ -337,14 +371,91 @@ def test_contrastive_errors():
         call_loss(dict(d, labels=d["labels"][:7]))
     with pytest.raises(ValueError, match=r"centroids_CxP.*\(2, 4\)"):
         call_loss(d, centroids_CxP=jnp.zeros((2, 4)))
-    with pytest.raises(ValueError, match="temperature"):  # Python floats are checked eagerly
-        losses.soft_pu_contrastive_loss(
-            *(d[k] for k in ("s", "z", "labels", "is_lab", "probs", "mask")), temperature=0.0
-        )
-    with pytest.raises(ValueError, match="threshold"):
-        losses.positive_weights(d["labels"], d["is_lab"], d["probs"], d["s"], threshold=1.5)
     with pytest.raises(ValueError, match="centroid_valid_C was given without"):
         call_loss(d, centroid_valid_C=jnp.ones(3, bool))
+    with pytest.raises(ValueError, match=r"allowed values.*multiclass"):
+        call_loss(d, task="ranking")
+    with pytest.raises(ValueError, match=r"w_BxB.*\(8, 7\).*\(8, 4\)"):
+        losses.weighted_contrastive_loss(
+            d["s"], d["z"], jnp.ones((8, 7)), d["mask"], temperature=0.1
+        )
+    with pytest.raises(ValueError, match="integer class labels_B"):
+        call_loss(dict(d, labels=d["labels"].astype(np.float32)))
+
+
+# ----------------------------------------------------------------------------- weighted loss
+
+
+def test_weighted_contrastive_matches_loop_reference_for_random_w():
+    d = make_batch(seed=30, drop=0.35)
+    assert not d["mask"].all()
+    w = np.random.default_rng(31).random((8, 8)).astype(np.float32)
+    loss, valid = _jit_weighted(d["s"], d["z"], w, d["mask"], temperature=0.3)
+    chex.assert_shape((loss, valid), (8, 3))
+    np.testing.assert_array_equal(valid, d["mask"])
+    want = np_contrastive(d["s"], d["z"], w, d["mask"], 0.3)
+    np.testing.assert_allclose(loss, want, rtol=1e-5, atol=1e-6)
+
+
+def test_weighted_identity_equals_cross_modal_infonce():
+    d = make_batch(seed=32, drop=0.0)
+    loss, _ = _jit_weighted(d["s"], d["z"], jnp.eye(8), d["mask"], temperature=0.5)
+    for i in range(3):
+        logits = d["s"] @ d["z"][:, i].T / 0.5
+        want = -np.diag(logits - np.log(np.exp(logits).sum(-1, keepdims=True)))
+        np.testing.assert_allclose(loss[:, i], want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel", "regression"])
+@pytest.mark.parametrize("mode", ["soft", "hard", "none"])
+def test_soft_pu_is_the_composition(task, mode):
+    d = make_task_batch(task, seed=33)
+    kw = dict(mode=mode, sigma=0.6, threshold=0.3, task=task, label_sigma=0.7)
+    if task == "multiclass":
+        kw.update(centroids_CxP=jnp.ones((3, 4)), centroid_valid_C=jnp.array([1, 0, 1], bool))
+    got = call_loss(d, temperature=0.2, **kw)
+    w = _jit_weights(d["labels"], d["is_lab"], d["probs"], d["s"], **kw)
+    want = _jit_weighted(d["s"], d["z"], w, d["mask"], temperature=0.2)
+    chex.assert_trees_all_close(got, want, rtol=1e-6)
+
+
+def test_no_gradient_flows_into_w():
+    d = make_batch(seed=34)
+    w = np.random.default_rng(35).random((8, 8)).astype(np.float32)
+
+    def f(w, s):
+        return jnp.sum(
+            losses.weighted_contrastive_loss(s, d["z"], w, d["mask"], temperature=0.2)[0]
+        )
+
+    g_w, g_s = jax.jit(jax.grad(f, (0, 1)))(w, d["s"])
+    assert not np.any(g_w) and np.any(g_s)
+
+
+def test_weighted_nan_in_absent_rows_does_not_leak():
+    d = make_batch(seed=36, drop=0.4)
+    d["mask"][7] = False  # row 7 has no modality: s_7 and w's row and column 7 are garbage
+    z_nan = np.where(d["mask"][..., None], d["z"], np.nan).astype(np.float32)
+    w_clean = np.random.default_rng(37).random((8, 8)).astype(np.float32)
+    w = w_clean.copy()
+    w[7, :] = w[:, 7] = np.nan
+
+    def f(s, z, clean):
+        loss, _ = losses.weighted_contrastive_loss(
+            s, z, w_clean if clean else w, d["mask"], temperature=0.2
+        )
+        return jnp.sum(loss), loss
+
+    vg = jax.jit(jax.value_and_grad(f, (0, 1), has_aux=True), static_argnums=2)
+    s_nan = d["s"].copy()
+    s_nan[7] = np.nan
+    (total, loss), (g_s, g_z) = vg(s_nan, z_nan, False)
+    (_, loss_clean), (g_s_clean, g_z_clean) = vg(d["s"], np.nan_to_num(z_nan), True)
+    assert np.isfinite(total) and np.isfinite(g_s).all() and np.isfinite(g_z).all()
+    np.testing.assert_array_equal(loss, loss_clean)
+    np.testing.assert_array_equal(g_s, g_s_clean)
+    np.testing.assert_array_equal(g_z, g_z_clean)
+    assert not np.any(np.asarray(g_z)[~d["mask"]]) and not np.any(g_s[7])
 
 
 # ----------------------------------------------------------------------------- reconstruction
@@ -388,219 +499,4 @@ def test_latent_reconstruction_errors():
     with pytest.raises(ValueError, match=r"mask_BxM.*\(3, 2\).*\(2, 3, 4\)"):
         losses.latent_reconstruction_loss(
             jnp.zeros((2, 3, 4)), jnp.zeros((2, 3, 4)), jnp.ones((3, 2))
-        )
-
-
-# ----------------------------------------------------------------------------- other tasks
-# multilabel and regression weights (docs/task_types.md), checked against loops.
-
-
-def np_task_weights(labels, is_lab, preds, s, task, mode, sigma=0.5, threshold=0.0, lsig=0.5):
-    b = len(is_lab)
-
-    def q(j):
-        if task == "multilabel":
-            return labels[j] if is_lab[j] else preds[j]
-        return labels[j] if is_lab[j] else preds[j, 0]
-
-    def agree(j, k):
-        if task == "regression":
-            return np.exp(-((q(j) - q(k)) ** 2) / (2 * lsig**2))
-        inter = np.sum(q(j) * q(k))
-        union = np.sum(q(j)) + np.sum(q(k)) - inter
-        return inter / union if union > 0 else 1.0
-
-    def passes(j):
-        if is_lab[j] or task == "regression":
-            return True
-        return np.mean(np.maximum(preds[j], 1 - preds[j])) >= threshold
-
-    def target(j):
-        return tuple(q(j) > 0.5) if task == "multilabel" else q(j) > 0
-
-    rho = np.ones(b)
-    for j in range(b):
-        if not is_lab[j]:
-            refs = [r for r in range(b) if is_lab[r]]
-            den = sum(agree(j, r) for r in refs)
-            num = sum(
-                agree(j, r) * np.exp(-np.sum((s[j] - s[r]) ** 2) / (2 * sigma**2)) for r in refs
-            )
-            rho[j] = num / den if den > 0 else 0.0
-    w = np.eye(b)
-    for j in range(b):
-        for k in range(b):
-            if j == k or mode == "none":
-                continue
-            ok = passes(j) and passes(k)
-            if mode == "hard":
-                w[j, k] = float(target(j) == target(k) and ok)
-            else:
-                w[j, k] = agree(j, k) * rho[j] * rho[k] * ok
-    return w
-
-
-def make_task_batch(task, seed=0, b=8, c=3, n_lab=4):
-    """make_batch's shapes with multilabel (B, C) or regression (B,) labels and predictions."""
-    d = make_batch(seed=seed, b=b, c=c, n_lab=n_lab)
-    rng = np.random.default_rng(seed + 100)
-    if task == "multilabel":
-        d["labels"] = (rng.random((b, c)) < 0.5).astype(np.float32)
-        d["probs"] = (1 / (1 + np.exp(-2 * rng.normal(size=(b, c))))).astype(np.float32)
-    else:
-        d["labels"] = rng.uniform(-3, 3, size=b).astype(np.float32)
-        d["probs"] = rng.uniform(-3, 3, size=(b, 1)).astype(np.float32)
-    return d
-
-
-_jit_weights_t = jax.jit(losses.positive_weights, static_argnames=("mode", "task"))
-_jit_loss_t = jax.jit(losses.soft_pu_contrastive_loss, static_argnames=("mode", "task"))
-
-
-def call_weights_t(d, **kw):
-    return _jit_weights_t(d["labels"], d["is_lab"], d["probs"], d["s"], **kw)
-
-
-def call_loss_t(d, **kw):
-    return _jit_loss_t(d["s"], d["z"], d["labels"], d["is_lab"], d["probs"], d["mask"], **kw)
-
-
-def test_task_weights_explicit_tiny_cases():
-    # Rows 0, 1 labeled; row 2 unlabeled. s_2 is at squared distance 1 from s_0 and 2 from s_1.
-    s = jnp.array([[0.0, 0.0], [1.0, 2.0], [0.0, 1.0]])
-    is_lab = jnp.array([True, True, False])
-    k0, k1 = np.exp(-0.5), np.exp(-1.0)  # RBF with sigma = 1
-    # multilabel: y_0 = {0}, y_1 = {0, 1}, p_2 = (0.9, 0.2).
-    # Jaccard: a_01 = 1/2; a_20 = .9 / (1 + 1.1 - .9) = .75; a_21 = 1.1 / (2 + 1.1 - 1.1) = .55.
-    y = jnp.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
-    p = jnp.array([[0.5, 0.5], [0.5, 0.5], [0.9, 0.2]])
-    rho = (0.75 * k0 + 0.55 * k1) / (0.75 + 0.55)
-    w = _jit_weights_t(y, is_lab, p, s, sigma=1.0, task="multilabel")
-    np.testing.assert_allclose(
-        w, [[1, 0.5, 0.75 * rho], [0.5, 1, 0.55 * rho], [0.75 * rho, 0.55 * rho, 1]], rtol=1e-5
-    )
-    # Confidence of row 2 = mean(0.9, 0.8) = 0.85: kept at 0.85, dropped above.
-    w = _jit_weights_t(y, is_lab, p, s, sigma=1.0, threshold=0.85, task="multilabel")
-    np.testing.assert_allclose(w[2], [0.75 * rho, 0.55 * rho, 1], rtol=1e-5)
-    w = _jit_weights_t(y, is_lab, p, s, sigma=1.0, threshold=0.86, task="multilabel")
-    np.testing.assert_allclose(w, [[1, 0.5, 0], [0.5, 1, 0], [0, 0, 1]], rtol=1e-6)
-    # hard: thresholded sets {0}, {0, 1}, {0}: rows 0 and 2 agree.
-    w = _jit_weights_t(y, is_lab, p, s, mode="hard", task="multilabel")
-    np.testing.assert_array_equal(w, [[1, 0, 1], [0, 1, 0], [1, 0, 1]])
-
-    # regression, label_sigma = 1: y_0 = 1, y_1 = -1, prediction of row 2 = 0.5 (label ignored).
-    y = jnp.array([1.0, -1.0, 99.0])
-    pred = jnp.array([[0.0], [0.0], [0.5]])
-    a01, a20, a21 = np.exp(-2.0), np.exp(-0.125), np.exp(-1.125)
-    rho = (a20 * k0 + a21 * k1) / (a20 + a21)
-    w = _jit_weights_t(y, is_lab, pred, s, sigma=1.0, label_sigma=1.0, task="regression")
-    want = [[1, a01, a20 * rho], [a01, 1, a21 * rho], [a20 * rho, a21 * rho, 1]]
-    np.testing.assert_allclose(w, want, rtol=1e-5)
-    # The threshold has no meaning (no confidence) for regression and is ignored.
-    w2 = _jit_weights_t(
-        y, is_lab, pred, s, sigma=1.0, label_sigma=1.0, threshold=1.0, task="regression"
-    )
-    np.testing.assert_array_equal(w, w2)
-    w = _jit_weights_t(y, is_lab, pred, s, mode="hard", task="regression")
-    np.testing.assert_array_equal(w, [[1, 0, 1], [0, 1, 0], [1, 0, 1]])  # signs +, -, +
-
-
-@pytest.mark.parametrize("task", ["multilabel", "regression"])
-@pytest.mark.parametrize("mode", ["soft", "hard", "none"])
-def test_task_weights_match_loop_reference(task, mode):
-    d = make_task_batch(task, seed=20)
-    for threshold in (0.0, 0.7):
-        got = call_weights_t(
-            d, mode=mode, task=task, sigma=0.7, threshold=threshold, label_sigma=0.8
-        )
-        want = np_task_weights(
-            d["labels"], d["is_lab"], d["probs"], d["s"], task, mode, 0.7, threshold, 0.8
-        )
-        chex.assert_shape(got, (8, 8))
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-        if mode != "none":  # the case must exercise off-diagonal positives
-            assert np.sum(want - np.eye(8)) > 0
-    if task == "multilabel" and mode == "soft":  # the threshold must bite somewhere
-        w0 = np_task_weights(d["labels"], d["is_lab"], d["probs"], d["s"], task, mode)
-        assert not np.allclose(w0, want)
-
-
-@pytest.mark.parametrize("mode", ["soft", "hard"])
-def test_multilabel_one_hot_equals_multiclass(mode):
-    # One-hot labels and predictions: the Jaccard index is 1[y_j == y_k] and the
-    # a-weighted rho is the mean over labeled samples of the predicted class.
-    d = make_batch(seed=21)
-    onehot = np.eye(3, dtype=np.float32)
-    pred = np.argmax(d["probs"], axis=-1)
-    probs = onehot[pred]
-    w_mc = _jit_weights(d["labels"], d["is_lab"], probs, d["s"], mode=mode)
-    w_ml = _jit_weights_t(
-        onehot[d["labels"]], d["is_lab"], probs, d["s"], mode=mode, task="multilabel"
-    )
-    np.testing.assert_allclose(w_ml, w_mc, rtol=1e-6, atol=1e-7)
-    assert np.sum(np.asarray(w_mc) - np.eye(8)) > 0
-
-
-@pytest.mark.parametrize("task", ["multilabel", "regression"])
-def test_task_labels_of_unlabeled_rows_are_ignored(task):
-    d = make_task_batch(task, seed=22)
-    d2 = dict(d, labels=np.where(
-        d["is_lab"].reshape((-1,) + (1,) * (d["labels"].ndim - 1)), d["labels"], np.nan
-    ).astype(np.float32))  # fmt: skip
-    for mode in ("soft", "hard"):
-        np.testing.assert_array_equal(
-            call_weights_t(d, mode=mode, task=task), call_weights_t(d2, mode=mode, task=task)
-        )
-    np.testing.assert_array_equal(call_loss_t(d, task=task)[0], call_loss_t(d2, task=task)[0])
-
-
-@pytest.mark.parametrize("task", ["multilabel", "regression"])
-def test_task_contrastive_matches_reference_and_is_finite(task):
-    d = make_task_batch(task, seed=23)
-    d["mask"][1:, 2] = False
-    d["z"][1:, 2] = np.nan  # garbage in absent rows must not leak
-    w = np_task_weights(d["labels"], d["is_lab"], d["probs"], d["s"], task, "soft")
-    want = np_contrastive(d["s"], np.nan_to_num(d["z"]), w, d["mask"], 0.1)
-
-    def f(s, z):
-        loss, _ = losses.soft_pu_contrastive_loss(
-            s, z, d["labels"], d["is_lab"], d["probs"], d["mask"], task=task
-        )
-        return jnp.sum(loss), loss
-
-    (total, loss), grads = jax.jit(jax.value_and_grad(f, (0, 1), has_aux=True))(d["s"], d["z"])
-    np.testing.assert_allclose(loss, want, rtol=1e-5, atol=1e-6)
-    assert np.isfinite(total) and all(np.isfinite(g).all() for g in grads)
-    assert np.any(grads[0]) and np.any(grads[1])
-
-
-def test_regression_contrastive_gradients():
-    d = make_task_batch("regression", seed=24)
-    s, z = d["s"].astype(np.float64), d["z"].astype(np.float64)
-
-    # s is held fixed: it enters rho under stop_gradient (see test_contrastive_gradients).
-    @jax.jit
-    def f(z):
-        args = (d["labels"], d["is_lab"], d["probs"], d["mask"])
-        loss, _ = losses.soft_pu_contrastive_loss(s, z, *args, task="regression", temperature=0.5)
-        return jnp.sum(loss)
-
-    with jax.enable_x64(True):
-        check_grads(f, (z,), order=1, modes=["rev"])
-
-
-def test_task_weights_errors():
-    d = make_task_batch("multilabel")
-    with pytest.raises(ValueError, match="allowed values"):
-        losses.positive_weights(d["labels"], d["is_lab"], d["probs"], d["s"], task="ranking")
-    with pytest.raises(ValueError, match=r"labels_B.*\(8,\).*\(8, 3\)"):
-        losses.positive_weights(
-            d["labels"][:, 0], d["is_lab"], d["probs"], d["s"], task="multilabel"
-        )
-    r = make_task_batch("regression")
-    with pytest.raises(ValueError, match=r"regression.*\(B, 1\)"):
-        losses.positive_weights(r["labels"], r["is_lab"], d["probs"], r["s"], task="regression")
-    with pytest.raises(ValueError, match="label_sigma"):
-        losses.positive_weights(
-            r["labels"], r["is_lab"], r["probs"], r["s"], task="regression", label_sigma=0.0
         )

@@ -119,22 +119,8 @@ def test_mask_hash_stable_and_sensitive():
         masks.mask_hash(mask.astype(int))
 
 
-def test_missing_protocol_names_and_coupling():
-    proto = masks.missing_protocol(50, 2, rates=[0.0, 0.3], seeds=[1, 2])
-    assert list(proto) == [
-        "rate=0.0/seed=1",
-        "rate=0.0/seed=2",
-        "rate=0.3/seed=1",
-        "rate=0.3/seed=2",
-    ]
-    assert proto["rate=0.0/seed=1"].all()
-    np.testing.assert_array_equal(proto["rate=0.3/seed=2"], masks.random_missing(50, 2, 0.3, 2))
-    with pytest.raises(ValueError, match="duplicate"):
-        masks.missing_protocol(5, 2, rates=[0.3, 0.3], seeds=[0])
-
-
 def test_save_load_round_trip(tmp_path):
-    proto = masks.missing_protocol(20, 3, rates=[0.5], seeds=[0, 1])
+    proto = {f"rate=0.5/seed={k}": masks.random_missing(20, 3, 0.5, k) for k in (0, 1)}
     proto["subsets"] = masks.all_subsets(3)
     path = tmp_path / "masks.npz"
     masks.save_masks(path, proto, {"dataset": "toy", "n": 20})

@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from robult_jax import metrics, report
+from robult_jax import metrics, report, tasks
 
 # ---------------------------------------------------------------- metrics
 
@@ -63,7 +63,7 @@ def test_classification_metrics():
 def test_multilabel_metrics_sklearn_conventions():
     logits = np.array([[1.0, -1.0, -1.0], [1.0, 1.0, -1.0], [-1.0, -1.0, -1.0]])
     y = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0]])
-    out = metrics.task_metrics(logits, y, task="multilabel")
+    out = tasks.get("multilabel").metrics(logits, y)
     # label 0: tp=1 fp=1 -> 2/3; label 1: tp=1 -> 1; label 2 never true nor
     # predicted -> 0 (sklearn: all columns count, 0/0 F1 is 0).
     assert math.isclose(out["macro_f1"], (2 / 3 + 1 + 0) / 3)
@@ -83,7 +83,7 @@ def test_multilabel_metrics_sklearn_conventions():
 def test_regression_metrics_mosi_conventions():
     pred = np.array([2.6, -0.4, 0.49, 0.51, 2.5, -2.5, 0.2, -3.7])
     y = np.array([3.0, 0.0, 0.4, 0.49, 3.0, -2.0, -0.3, -2.6])
-    out = metrics.task_metrics(pred[:, None], y, task="regression")
+    out = tasks.get("regression").metrics(pred[:, None], y)
     assert math.isclose(out["mae"], np.mean(np.abs(pred - y)))
     assert math.isclose(out["mse"], np.mean((pred - y) ** 2))
     assert math.isclose(out["pearson"], np.corrcoef(pred, y)[0, 1])
@@ -124,15 +124,15 @@ def test_regression_metrics_degenerate_cases():
     ],
 )
 def test_task_metrics_keys_have_directions(task, outputs, labels):
-    out = metrics.task_metrics(outputs, labels, task=task)
-    assert metrics.PRIMARY_METRIC[task] in out
+    out = tasks.get(task).metrics(outputs, labels)
+    assert tasks.get(task).primary_metric in out
     assert set(out) <= set(metrics.HIGHER_IS_BETTER)
     assert metrics.HIGHER_IS_BETTER["mae"] is False and metrics.HIGHER_IS_BETTER["macro_f1"]
 
 
 def test_task_metrics_unknown_task():
     with pytest.raises(ValueError, match="multiclass"):
-        metrics.task_metrics(np.zeros((2, 2)), np.zeros(2, int), task="ranking")
+        tasks.get("ranking")
 
 
 def test_mean_std_population():

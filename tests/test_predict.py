@@ -49,14 +49,13 @@ def run(tmp_path_factory):
     config = arrays_example.get_config()
     config.data.path = str(root / "data.npz")
     config.data.modalities = ml_collections.ConfigDict({"a": "vector", "b": "timeseries"})
-    config.data.label_rate = 0.5
-    config.data.labeled_batch = 8
-    config.data.unlabeled_batch = 8
+    config.sampling.label_rate = 0.5
+    config.sampling.labeled_batch = 8
+    config.sampling.unlabeled_batch = 8
     # A model cheap to compile: prediction does not depend on which encoders it has.
     config.model.encoders = ml_collections.ConfigDict({"a": "mlp", "b": "mlp"})
-    config.model.fusion = "mean"
-    config.model.latent_dim, config.model.unique_dim, config.model.proj_dim = 16, 8, 16
-    config.model.hidden_dim = 32
+    config.model.fusion_stems = "shared"
+    config.model.latent_dim, config.model.hidden_dim = 16, 32
     config.optim.warmup_steps = 1
     config.train.num_steps = 4
     config.train.log_every = config.train.eval_every = 2
@@ -85,7 +84,6 @@ def _trainer_logits(run, mask_NxM: np.ndarray) -> np.ndarray:
         evaluate.make_predict_fn(run.trained.model),
         run.trained.params,
         dataset.test,
-        dataset.spec,
         mask_NxM,
         batch_size=run.config.eval.batch_size,
         mesh=parallel.make_mesh(),

@@ -6,6 +6,7 @@ gradients, and every test of that encoder calls it with the same shapes.
 """
 
 import functools
+import types
 
 import chex
 import jax
@@ -31,8 +32,7 @@ def make_sequences(lengths_B=LENGTHS_B, seed=0):
 @functools.cache
 def setup(name):
     """(params, jitted f(params, x) -> (out_BxD, (grad_params, grad_x))) for one encoder."""
-    module = enc.make_encoder(
-        name,
+    widths = types.SimpleNamespace(
         latent_dim=D,
         hidden_dim=8,
         dropout_rate=0.0,
@@ -42,6 +42,7 @@ def setup(name):
         seq_layers=2,  # two layers: exercises stacking at no extra compile
         num_heads=2,
     )
+    module = enc.make_encoder(name, widths)
     x = make_sequences()
     # Random params without compiling init (compiles are the slow part on CPU).
     shapes = jax.eval_shape(module.init, jax.random.key(0), x)["params"]

@@ -1,6 +1,6 @@
 """CMU-MOSI / CMU-MOSEI sentiment (MultiBench affect pickles): vision, audio, text sequences.
 
-Source (downloaded by hand; see /work/shared/design/external_formats.md
+Source (downloaded by hand; see docs/benchmark_formats.md
 sections 3 and 5): the MultiBench README's Google Drive folders (mosi
 1uEK737LXB9jAlf9kyqRs6B9N6cDncodq, mosei 1A_hTmifi824gypelGobgl2M-5Rw9VWHv),
 or the MulT originals (Dropbox link in the MulT README). Files understood:

@@ -1,6 +1,6 @@
 """AV-MNIST (MultiBench variant): MNIST images + spoken-digit spectrograms, 10 classes.
 
-Source (downloaded by hand; see docs in /work/shared/design/external_formats.md
+Source (downloaded by hand; see docs/benchmark_formats.md
 section 1): `avmnist.tar.gz` from the MultiBench README (Google Drive file
 1KvKynJJca5tDtI5Mmp6CoRh9pQywH8Xp). Unpack it and point `data.manual_dir` at
 the folder that contains `avmnist/` (or at `avmnist/` itself):

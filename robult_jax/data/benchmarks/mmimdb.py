@@ -1,6 +1,6 @@
 """MM-IMDb (`multimodal_imdb.hdf5`): movie plot + poster features, 23 genres, multi-label.
 
-Source (downloaded by hand; see /work/shared/design/external_formats.md
+Source (downloaded by hand; see docs/benchmark_formats.md
 section 2): https://archive.org/download/mmimdb/multimodal_imdb.hdf5 (the file
 MultiBench reads). Put it at `<data.manual_dir>/multimodal_imdb.hdf5`.
 

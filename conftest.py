@@ -1,7 +1,11 @@
 """Test set-up: four fake CPU devices, configured before JAX starts.
 
-Why here: `jax_num_cpu_devices` only takes effect before the backend is
-initialised, and conftest.py is imported by pytest before any test module.
+Why here, at the repository root: `jax_num_cpu_devices` only takes effect
+before the backend is initialised, and pytest imports the rootdir conftest.py
+before it collects anything: the test modules under tests/ and also the
+library modules that `pytest --doctest-modules robult_jax` imports (`make test`
+runs the doctests). A conftest.py under tests/ would not be loaded for
+robult_jax/.
 """
 
 import os
