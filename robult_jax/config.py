@@ -1,18 +1,12 @@
 """Typed, frozen config groups, built once from the ml_collections config and validated once.
 
-`from_config_dict(config)` turns the config of a file in configs/ (after its
-command-line overrides) into a `Config` of frozen dataclasses, or raises one
-ValueError naming the field and its allowed values. Everything downstream
-(model, objective, sampler, trainer) takes these typed groups and trusts them:
-library functions keep only their static shape checks.
-
-The defaults live in the config files only (configs/watch.py and the files that
-import it); nothing here has a default value. Fields that belong to one
-architecture (`ARCHITECTURE_FIELDS`) are None in configs of the other one, and
-setting them there is an error rather than silently ignored.
-
-`config.data` stays an ml_collections group: its fields differ per dataset and
-are read (and checked) by that dataset's loader.
+`from_config_dict(config)` turns a config of configs/ (after its command-line
+overrides) into a `Config` of frozen dataclasses, or raises one ValueError
+naming the field and its allowed values. Everything downstream trusts it:
+library functions keep only their static shape checks. Defaults live in the
+config files only. Fields of one architecture (`ARCHITECTURE_FIELDS`) are None
+in configs of the other, and setting them there is an error, not ignored.
+`config.data` stays an ml_collections group, checked by the dataset's loader.
 """
 
 from __future__ import annotations
@@ -139,246 +133,235 @@ class Config:
     eval: EvalConfig
 
 
-class _Group:
-    """Reads the fields of one config group, each checked with a message naming it."""
+def _fail(where: str, value: Any, requirement: str):
+    raise ValueError(f"{where}={value!r} {requirement}.")
 
-    def __init__(self, config: Any, name: str, cls: type):
-        if name not in config:
-            raise ValueError(f"The config has no `{name}` group; start from configs/watch.py.")
-        self.values = _as_dict(config[name])
-        self.name = name
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(self.values) - known)
-        missing = sorted(known - set(self.values))
-        if unknown:
-            raise ValueError(
-                f"{name}.{unknown[0]} is not a config field; the fields of `{name}` are: "
-                f"{', '.join(sorted(known))}."
-            )
-        if missing:
-            raise ValueError(
-                f"The config lacks {name}.{missing[0]}; configs/watch.py shows every field."
-            )
 
-    def fail(self, field: str, requirement: str):
-        raise ValueError(f"{self.name}.{field}={self.values[field]!r} {requirement}.")
+def _number(lo=None, hi=None, *, lo_open=False, hi_open=False, integer=False):
+    """A check of one number in an interval; `(` / `)` mark open ends in the message."""
+    left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+    span = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
 
-    def number(self, field: str, *, lo=None, hi=None, lo_open=False, hi_open=False, integer=False):
-        v = self.values[field]
-        kind = "an integer" if integer else "a number"
-        ok_type = isinstance(v, int) if integer else isinstance(v, int | float)
-        if isinstance(v, bool) or not ok_type:
-            self.fail(field, f"must be {kind}")
+    def check(where: str, v: Any):
+        if isinstance(v, bool) or not isinstance(v, int if integer else int | float):
+            _fail(where, v, f"must be {'an integer' if integer else 'a number'}")
         below = lo is not None and (v <= lo if lo_open else v < lo)
-        above = hi is not None and (v >= hi if hi_open else v > hi)
-        if below or above:
-            left = "(" if lo_open else "["
-            right = ")" if hi_open else "]"
-            span = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
-            self.fail(field, f"is outside {span}")
+        if below or (hi is not None and (v >= hi if hi_open else v > hi)):
+            _fail(where, v, f"is outside {span}")
         return int(v) if integer else float(v)
 
-    def integer(self, field: str, *, lo=None) -> int:
-        return self.number(field, lo=lo, integer=True)
-
-    def choice(self, field: str, allowed: tuple[str, ...]) -> str:
-        if self.values[field] not in allowed:
-            self.fail(field, f"is not one of {', '.join(allowed)}")
-        return self.values[field]
-
-    def flag(self, field: str) -> bool:
-        if not isinstance(self.values[field], bool):
-            self.fail(field, "must be True or False")
-        return self.values[field]
-
-    def ints(self, field: str, *, lo: int) -> tuple[int, ...]:
-        v = self.values[field]
-        if (
-            not isinstance(v, list | tuple)
-            or not v
-            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= lo for x in v)
-        ):
-            self.fail(field, f"must be a non-empty sequence of integers >= {lo}")
-        return tuple(v)
-
-    def rates(self, field: str) -> tuple[float, ...]:
-        return _rate_tuple(self.values[field], f"{self.name}.{field}")
+    return check
 
 
-def _rate_tuple(value: Any, where: str) -> tuple[float, ...]:
-    if not isinstance(value, list | tuple) or not all(
-        isinstance(r, int | float) and not isinstance(r, bool) and 0 <= r < 1 for r in value
-    ):
-        raise ValueError(
-            f"{where}={value!r} must be a sequence of rates in [0, 1) (one modality is always "
-            "kept)."
-        )
-    return tuple(float(r) for r in value)
+def _integer(lo: int):  # an integer >= lo
+    return _number(lo=lo, integer=True)
+
+
+def _choice(allowed: tuple[str, ...]):
+    def check(where: str, v: Any) -> str:
+        if v not in allowed:
+            _fail(where, v, f"is not one of {', '.join(allowed)}")
+        return v
+
+    return check
+
+
+def _flag(where: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        _fail(where, v, "must be True or False")
+    return v
+
+
+def _sequence(item, requirement: str, *, non_empty: bool = False, cast=int):
+    """A check of a list/tuple whose items pass `item(x) -> bool`; returns a tuple of `cast`."""
+
+    def check(where: str, v: Any) -> tuple:
+        ok = isinstance(v, list | tuple) and (v or not non_empty)
+        if not ok or not all(not isinstance(x, bool) and item(x) for x in v):
+            _fail(where, v, requirement)
+        return tuple(map(cast, v))
+
+    return check
+
+
+_rates = _sequence(
+    lambda r: isinstance(r, int | float) and 0 <= r < 1,
+    "must be a sequence of rates in [0, 1) (one modality is always kept)",
+    cast=float,
+)
+
+
+def _rate_patterns(where: str, v: Any) -> tuple[tuple[float, ...], ...]:
+    if not isinstance(v, list | tuple):
+        _fail(where, v, "must be a sequence of per-modality rate tuples")
+    return tuple(_rates(f"{where} entry", p) for p in v)
+
+
+def _encoders(where: str, v: Any) -> tuple[tuple[str, str], ...]:
+    for name, encoder in _as_dict(v).items():
+        _choice(encoders.ENCODER_NAMES)(f"{where}[{name!r}]", encoder)
+    return tuple(sorted(_as_dict(v).items()))
+
+
+_widths = _sequence(
+    lambda x: isinstance(x, int) and x >= 1,
+    "must be a non-empty sequence of integers >= 1",
+    non_empty=True,
+)
+_UNIT = dict(lo=0, hi=1, hi_open=True)  # [0, 1)
+_POSITIVE = dict(lo=0, lo_open=True)  # (0, inf]
+
+# How each field of each group is checked: the one place that says what is allowed.
+_RULES: dict[str, tuple[type, dict[str, Any]]] = {
+    "sampling": (SamplingConfig, {
+        "label_rate": _number(lo=0, hi=1, lo_open=True),
+        "label_seed": _integer(0),
+        "labeled_batch": _integer(1),
+        "unlabeled_batch": _integer(1),
+        "modality_dropout": _number(**_UNIT),
+        "modality_dropout_rates": _rates,
+    }),
+    "model": (ModelConfig, {
+        "architecture": _choice(ARCHITECTURES),
+        "latent_dim": _integer(1),
+        "hidden_dim": _integer(1),
+        "dropout_rate": _number(**_UNIT),
+        "num_heads": _integer(1),
+        "encoders": _encoders,
+        "cnn1d_features": _widths,
+        "cnn2d_features": _widths,
+        "seq_layers": _integer(1),
+        "seq_width": _integer(0),
+        "fusion_stems": _choice(FUSION_STEMS),
+        "combine": _choice(COMBINES),
+        "fusion": _choice(FUSIONS),
+        "unique_dim": _integer(1),
+        "proj_dim": _integer(1),
+    }),
+    "loss": (LossConfig, {
+        "w_sup": _number(**_POSITIVE),  # the few labels teach through it; PU beliefs read it
+        "w_lb": _number(lo=0),
+        "w_ulb": _number(lo=0),
+        "w_rec": _number(lo=0),
+        "pu_mode": _choice(losses.PU_MODES),
+        # Below ~1e-3 the logits reach 1e3 and float32 softmax gradients are all-or-nothing.
+        "temperature": _number(lo=1e-3),
+        "sigma": _number(**_POSITIVE),
+        "label_sigma": _number(**_POSITIVE),
+        "threshold": _number(**_UNIT),
+        "rec_stop_gradient": _flag,
+        "centroid_decay": _number(**_UNIT),
+        "w_uni": _number(lo=0),
+        "rec_target": _choice(REC_TARGETS),
+    }),
+    "optim": (OptimConfig, {
+        "learning_rate": _number(**_POSITIVE),
+        "warmup_steps": _integer(0),
+        "weight_decay": _number(lo=0),
+        "grad_clip_norm": _number(**_POSITIVE),
+    }),
+    "train": (TrainConfig, {
+        "num_steps": _integer(0),
+        "log_every": _integer(1),
+        "eval_every": _integer(1),
+        "checkpoint_every": _integer(1),
+        "keep_checkpoints": _integer(1),
+        "progress_bar": _flag,
+    }),
+    "eval": (EvalConfig, {
+        "split": _choice(EVAL_SPLITS),
+        "batch_size": _integer(1),
+        "missing_rates": _rates,
+        "mask_seeds": _sequence(lambda x: isinstance(x, int) and x >= 0,
+                                "must be a non-empty sequence of seeds >= 0", non_empty=True),
+        "per_modality_rates": _rate_patterns,
+    }),
+}  # fmt: skip
 
 
 def _as_dict(value: Any) -> dict:
     if value is None:
         return {}
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    return dict(value)
+    return value.to_dict() if hasattr(value, "to_dict") else dict(value)
 
 
-def _architecture_fields(config: Any, architecture: str) -> None:
-    """The other architecture's fields must be None; this one's must be set."""
-    extra, missing = [], []
+def _group(config: Any, name: str, skip: tuple[str, ...]) -> Any:
+    """The typed group `name`: every field checked, the fields in `skip` left None."""
+    cls, rules = _RULES[name]
+    if name not in config:
+        raise ValueError(f"The config has no `{name}` group; start from configs/watch.py.")
+    values = _as_dict(config[name])
+    unknown, missing = sorted(set(values) - set(rules)), sorted(set(rules) - set(values))
+    if unknown:
+        raise ValueError(
+            f"{name}.{unknown[0]} is not a config field; the fields of `{name}` are: "
+            f"{', '.join(sorted(rules))}."
+        )
+    if missing:
+        raise ValueError(
+            f"The config lacks {name}.{missing[0]}; configs/watch.py shows every field."
+        )
+    return cls(**{
+        f: None if f"{name}.{f}" in skip else check(f"{name}.{f}", values[f])
+        for f, check in rules.items()
+    })  # fmt: skip
+
+
+def _check_architecture_fields(config: Any, architecture: str) -> tuple[str, ...]:
+    """The other architecture's fields must be None, this one's set; returns the former."""
+    extra, missing, others = [], [], []
     for arch, fields in ARCHITECTURE_FIELDS.items():
         for path in fields:
             group, field = path.split(".")
-            value = _as_dict(config[group]).get(field)
-            if arch != architecture and value is not None:
-                extra.append(f"{path}={value!r}")
-            if arch == architecture and value is None:
+            value = _as_dict(config[group] if group in config else None).get(field)
+            if arch != architecture:
+                others.append(path)
+                if value is not None:
+                    extra.append(f"{path}={value!r}")
+            elif value is None:
                 missing.append(path)
     if extra or missing:
-        problems = []
-        if extra:
-            problems.append(f"does not use {', '.join(extra)} (set to None)")
-        if missing:
-            problems.append(f"needs {', '.join(missing)} (None in this config)")
+        problems = [f"does not use {', '.join(extra)} (set to None)"] if extra else []
+        problems += [f"needs {', '.join(missing)} (None in this config)"] if missing else []
         raise ValueError(
             f"model.architecture='{architecture}' {' and '.join(problems)}. The "
             f"'{architecture}' variant of a config sets exactly its fields: e.g. "
             f"--config configs/watch.py:{architecture}, or get_config('{architecture}')."
         )
-
-
-def _model(config: Any) -> ModelConfig:
-    g = _Group(config, "model", ModelConfig)
-    arch = g.choice("architecture", ARCHITECTURES)
-    _architecture_fields(config, arch)
-    encoder_map = _as_dict(g.values["encoders"])
-    for name, encoder in encoder_map.items():
-        if encoder not in encoders.ENCODER_NAMES:
-            raise ValueError(
-                f"model.encoders[{name!r}]={encoder!r} is not one of "
-                f"{', '.join(encoders.ENCODER_NAMES)}."
-            )
-    paper = arch == "paper"
-    model = ModelConfig(
-        architecture=arch,
-        latent_dim=g.integer("latent_dim", lo=1),
-        hidden_dim=g.integer("hidden_dim", lo=1),
-        dropout_rate=g.number("dropout_rate", lo=0, hi=1, hi_open=True),
-        num_heads=g.integer("num_heads", lo=1),
-        encoders=tuple(sorted(encoder_map.items())),
-        cnn1d_features=g.ints("cnn1d_features", lo=1),
-        cnn2d_features=g.ints("cnn2d_features", lo=1),
-        seq_layers=g.integer("seq_layers", lo=1),
-        seq_width=g.integer("seq_width", lo=0),
-        fusion_stems=g.choice("fusion_stems", FUSION_STEMS) if paper else None,
-        combine=g.choice("combine", COMBINES) if paper else None,
-        fusion=None if paper else g.choice("fusion", FUSIONS),
-        unique_dim=None if paper else g.integer("unique_dim", lo=1),
-        proj_dim=None if paper else g.integer("proj_dim", lo=1),
-    )
-    if model.fusion == "attention" and model.latent_dim % model.num_heads:
-        raise ValueError(
-            f"model.latent_dim={model.latent_dim} must be divisible by model.num_heads="
-            f"{model.num_heads} (the attention fusion splits it into heads)."
-        )
-    return model
-
-
-def _loss(config: Any, architecture: str) -> LossConfig:
-    g = _Group(config, "loss", LossConfig)
-    paper = architecture == "paper"
-    loss = LossConfig(
-        w_sup=g.number("w_sup", lo=0),
-        w_lb=g.number("w_lb", lo=0),
-        w_ulb=g.number("w_ulb", lo=0),
-        w_rec=g.number("w_rec", lo=0),
-        pu_mode=g.choice("pu_mode", losses.PU_MODES),
-        # Below ~1e-3 the logits reach 1e3 and float32 softmax gradients are all-or-nothing.
-        temperature=g.number("temperature", lo=1e-3),
-        sigma=g.number("sigma", lo=0, lo_open=True),
-        label_sigma=g.number("label_sigma", lo=0, lo_open=True),
-        threshold=g.number("threshold", lo=0, hi=1, hi_open=True),
-        rec_stop_gradient=g.flag("rec_stop_gradient"),
-        centroid_decay=g.number("centroid_decay", lo=0, hi=1, hi_open=True),
-        w_uni=g.number("w_uni", lo=0) if paper else None,
-        rec_target=g.choice("rec_target", REC_TARGETS) if paper else None,
-    )
-    if loss.w_sup <= 0:
-        # The supervised term is what the few labels teach; the PU weights read its beliefs.
-        g.fail("w_sup", "must be > 0 (every method here trains the task head)")
-    return loss
+    return tuple(others)
 
 
 def from_config_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> Config:
     """Builds and validates the typed config; raises ValueError naming the first bad field."""
-    for key in ("method", "seed"):
-        if key not in config:
-            raise ValueError(f"The config lacks `{key}`; start from configs/watch.py.")
-    groups = {"data", "sampling", "model", "loss", "optim", "train", "eval", "method", "seed"}
+    groups = {*_RULES, "data", "method", "seed"}
     unknown = sorted(set(_as_dict(config)) - groups)
     if unknown:
         raise ValueError(
             f"`{unknown[0]}` is not a config group; the groups are: {', '.join(sorted(groups))}."
         )
-    seed = config["seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed={seed!r} must be an integer >= 0.")
+    for key in ("method", "seed"):
+        if key not in config:
+            raise ValueError(f"The config lacks `{key}`; start from configs/watch.py.")
     if "data" not in config or not isinstance(_as_dict(config["data"]).get("name"), str):
         raise ValueError("data.name must name a dataset (see robult_jax.data.registry).")
-
-    s = _Group(config, "sampling", SamplingConfig)
-    sampling = SamplingConfig(
-        label_rate=s.number("label_rate", lo=0, hi=1, lo_open=True),
-        label_seed=s.integer("label_seed", lo=0),
-        labeled_batch=s.integer("labeled_batch", lo=1),
-        unlabeled_batch=s.integer("unlabeled_batch", lo=1),
-        modality_dropout=s.number("modality_dropout", lo=0, hi=1, hi_open=True),
-        modality_dropout_rates=s.rates("modality_dropout_rates"),
+    if "model" not in config:
+        raise ValueError("The config has no `model` group; start from configs/watch.py.")
+    architecture = _as_dict(config["model"]).get("architecture")
+    skip = _check_architecture_fields(
+        config, _choice(ARCHITECTURES)("model.architecture", architecture)
     )
-    model = _model(config)
-    o = _Group(config, "optim", OptimConfig)
-    optim = OptimConfig(
-        learning_rate=o.number("learning_rate", lo=0, lo_open=True),
-        warmup_steps=o.integer("warmup_steps", lo=0),
-        weight_decay=o.number("weight_decay", lo=0),
-        grad_clip_norm=o.number("grad_clip_norm", lo=0, lo_open=True),
-    )
-    t = _Group(config, "train", TrainConfig)
-    train = TrainConfig(
-        num_steps=t.integer("num_steps", lo=0),
-        log_every=t.integer("log_every", lo=1),
-        eval_every=t.integer("eval_every", lo=1),
-        checkpoint_every=t.integer("checkpoint_every", lo=1),
-        keep_checkpoints=t.integer("keep_checkpoints", lo=1),
-        progress_bar=t.flag("progress_bar"),
-    )
-    e = _Group(config, "eval", EvalConfig)
-    per_modality = e.values["per_modality_rates"]
-    if not isinstance(per_modality, list | tuple):
-        e.fail("per_modality_rates", "must be a sequence of per-modality rate tuples")
-    seeds = e.values["mask_seeds"]
-    if not seeds:
-        e.fail("mask_seeds", "must name at least one seed")
-    evaluation = EvalConfig(
-        split=e.choice("split", EVAL_SPLITS),
-        batch_size=e.integer("batch_size", lo=1),
-        missing_rates=e.rates("missing_rates"),
-        mask_seeds=e.ints("mask_seeds", lo=0),
-        per_modality_rates=tuple(
-            _rate_tuple(r, "eval.per_modality_rates entry") for r in per_modality
-        ),
-    )
+    typed = {name: _group(config, name, skip) for name in _RULES}
+    model = typed["model"]
+    if model.fusion == "attention" and model.latent_dim % model.num_heads:
+        raise ValueError(
+            f"model.latent_dim={model.latent_dim} must be divisible by model.num_heads="
+            f"{model.num_heads} (the attention fusion splits it into heads)."
+        )
     return Config(
         method=str(config["method"]),
-        seed=seed,
+        seed=_integer(0)("seed", config["seed"]),
         data=config["data"],
-        sampling=sampling,
-        model=model,
-        loss=_loss(config, model.architecture),
-        optim=optim,
-        train=train,
-        eval=evaluation,
+        **typed,
     )
 
 

@@ -34,10 +34,7 @@ def check_shape(name: str, x: jax.Array, shape: tuple[int | None, ...], ref: str
     The message names x's shape, the expected one and `ref`, the argument that
     fixed it, e.g. "labels_B has shape (7,), expected (8,) to match probs_BxC (8, 3)."
     """
-    ok = x.ndim == len(shape) and all(
-        s is None or s == d for s, d in zip(shape, x.shape, strict=True)
-    )
-    if not ok:
+    if x.ndim != len(shape) or any(s not in (None, d) for s, d in zip(shape, x.shape, strict=True)):
         want = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
         raise ValueError(f"{name} has shape {x.shape}, expected {want} to match {ref}.")
 
@@ -50,10 +47,7 @@ def masked_mean(x: jax.Array, where: jax.Array) -> jax.Array:
     >>> masked_mean(jnp.array([1.0, 3.0, jnp.nan]), jnp.array([True, True, False]))
     Array(2., dtype=float32)
     """
-    if x.shape != where.shape:
-        raise ValueError(
-            f"x has shape {x.shape} but where has shape {where.shape}; they must match."
-        )
+    check_shape("where", where, x.shape, f"x {x.shape}")
     where = where.astype(bool)
     total = jnp.sum(jnp.where(where, x, 0))
     return total / jnp.maximum(jnp.sum(where), 1).astype(total.dtype)
@@ -174,22 +168,12 @@ def positive_weights(
 ) -> jax.Array:
     """Positive weights w_jk in [0, 1] of the soft PU contrastive loss (docs/method.md 3.2).
 
-    Dispatches to `tasks.get(task).positive_weights`, i.e. to
-    `task_weights.multiclass_weights`, `multilabel_weights` or
-    `regression_weights`, whose docstrings give each rule. For "multiclass":
-
-    - "none": w = I (only k == j is positive; plain InfoNCE).
-    - "hard": w_jk = 1[yhat_j == yhat_k] * pass_j * pass_k, yhat = y for
-      labeled rows and argmax p for unlabeled rows; w_jj = 1.
-    - "soft": w_jj = 1, else w_jk = a_jk * rho_j * rho_k * pass_j * pass_k with
-      a_jk = <p_j, p_k> (p = one-hot y for labeled rows: both labeled gives
-      1[y_j == y_k]) and rho_j the RBF proximity of unlabeled j to the labeled
-      samples of its predicted class (1 for labeled j).
-
+    `tasks.get(task).positive_weights`: the modes "soft", "hard" and "none" are
+    described in `task_weights`' module docstring, each task's terms in
+    `task_weights.multiclass_weights`, `multilabel_weights` and `regression_weights`.
     Arguments a task does not use are ignored (`label_sigma`: regression only;
     the centroids: multiclass only; `threshold`: not regression), so that a
-    trainer may pass its state unconditionally. Computed under stop_gradient;
-    labels of unlabeled rows are never read.
+    trainer may pass its state unconditionally.
 
     Args:
       labels_B: (B,) int class indices ("multilabel": (B, C) label vectors;
@@ -264,11 +248,8 @@ def weighted_contrastive_loss(
     if s_BxP.ndim != 2:
         raise ValueError(f"s_BxP must have shape (B, P), got {s_BxP.shape}.")
     b, p = s_BxP.shape
-    if z_BxMxP.ndim != 3:
-        raise ValueError(f"z_BxMxP must have shape (B, M, P), got {z_BxMxP.shape}.")
-    m = z_BxMxP.shape[1]
-    check_shape("z_BxMxP", z_BxMxP, (b, m, p), f"s_BxP {s_BxP.shape}")
-    check_shape("mask_BxM", mask_BxM, (b, m), f"z_BxMxP {z_BxMxP.shape}")
+    check_shape("z_BxMxP", z_BxMxP, (b, None, p), f"s_BxP {s_BxP.shape}")
+    check_shape("mask_BxM", mask_BxM, z_BxMxP.shape[:2], f"z_BxMxP {z_BxMxP.shape}")
     check_shape("w_BxB", w_BxB, (b, b), f"s_BxP {s_BxP.shape}")
 
     dtype = jnp.promote_types(s_BxP.dtype, jnp.float32)
@@ -294,36 +275,17 @@ def weighted_contrastive_loss(
 
 
 def soft_pu_contrastive_loss(
-    s_BxP: jax.Array,
-    z_BxMxP: jax.Array,
-    labels_B: jax.Array,
-    is_labeled_B: jax.Array,
-    probs_BxC: jax.Array,
-    mask_BxM: jax.Array,
-    *,
-    mode: str = "soft",
-    temperature: float = 0.1,
-    sigma: float = 0.5,
-    threshold: float = 0.0,
-    centroids_CxP: jax.Array | None = None,
-    centroid_valid_C: jax.Array | None = None,
-    task: str = "multiclass",
-    label_sigma: float = 0.5,
-) -> tuple[jax.Array, jax.Array]:
+    s_BxP: jax.Array, z_BxMxP: jax.Array, labels_B: jax.Array, is_labeled_B: jax.Array,
+    probs_BxC: jax.Array, mask_BxM: jax.Array, *, mode: str = "soft", temperature: float = 0.1,
+    sigma: float = 0.5, threshold: float = 0.0, centroids_CxP: jax.Array | None = None,
+    centroid_valid_C: jax.Array | None = None, task: str = "multiclass", label_sigma: float = 0.5,
+) -> tuple[jax.Array, jax.Array]:  # fmt: skip
     """Soft positive-unlabeled contrastive loss between s and each z_i (docs/method.md 3.2).
 
-    Exactly the composition
-
-        weighted_contrastive_loss(s, z, positive_weights(labels, is_labeled,
-            probs, s, mode=..., sigma=..., threshold=..., centroids..., task=...,
-            label_sigma=...), mask, temperature=temperature)
-
-    so labels_B and probs_BxC follow positive_weights' per-task shapes.
-
-    Returns:
-      loss_BxM: (B, M) per-example, per-modality loss (0 where not valid).
-      valid_BxM: (B, M) bool, = mask_BxM.
-    Reduce with `reduce_pu_losses`.
+    Exactly weighted_contrastive_loss(s_BxP, z_BxMxP, positive_weights(labels_B,
+    is_labeled_B, probs_BxC, s_BxP, ...), mask_BxM, temperature=temperature), the
+    other keywords going to `positive_weights`, which gives their per-task shapes;
+    returns (loss_BxM, valid_BxM) as `weighted_contrastive_loss` does.
     """
     w_BxB = positive_weights(
         labels_B, is_labeled_B, probs_BxC, s_BxP, mode=mode, sigma=sigma, threshold=threshold,
@@ -344,9 +306,7 @@ def reduce_pu_losses(
     check_shape("is_labeled_B", is_labeled_B, loss_BxM.shape[:1], f"loss_BxM {loss_BxM.shape}")
     valid_BxM = valid_BxM.astype(bool)
     lab_Bx1 = is_labeled_B.astype(bool)[:, None]
-    l_lb = masked_mean(loss_BxM, valid_BxM & lab_Bx1)
-    l_ulb = masked_mean(loss_BxM, valid_BxM & ~lab_Bx1)
-    return l_lb, l_ulb
+    return masked_mean(loss_BxM, valid_BxM & lab_Bx1), masked_mean(loss_BxM, valid_BxM & ~lab_Bx1)
 
 
 # ----------------------------------------------------------------------------- L_rec

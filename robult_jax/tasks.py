@@ -18,14 +18,15 @@ projection width.
 """
 
 import dataclasses
+from collections.abc import Callable
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from robult_jax import losses, metrics, task_weights
-
-NAMES = ("multiclass", "multilabel", "regression")
+from robult_jax.data.types import TASKS as NAMES  # the task names, defined with DatasetSpec
 
 
 def _float(x: jax.Array) -> jax.Array:
@@ -48,9 +49,15 @@ class Task:
         """Direction of `primary_metric` (from `metrics.HIGHER_IS_BETTER`)."""
         return metrics.HIGHER_IS_BETTER[self.primary_metric]
 
+    # Set by each implementation: its functions from `losses`, `metrics` and `task_weights`.
+    _loss: ClassVar[Callable[[jax.Array, jax.Array], jax.Array]]
+    _metrics: ClassVar[Callable[[np.ndarray, np.ndarray], dict[str, float]]]
+    _weights: ClassVar[Callable[..., jax.Array]]
+    _weight_args: ClassVar[tuple[str, ...]]  # the optional arguments that _weights takes
+
     def loss(self, logits_BxC: jax.Array, labels: jax.Array) -> jax.Array:
         """(B,) per-example supervised loss L_sup (docs/method.md 3.1)."""
-        raise NotImplementedError
+        return self._loss(logits_BxC, labels)
 
     def probs(self, logits_BxC: jax.Array) -> jax.Array:
         """Softmax (B, C), sigmoid (B, C) or the value (B, 1); differentiable."""
@@ -64,34 +71,31 @@ class Task:
         return self.probs(jax.lax.stop_gradient(logits_BxC))
 
     def logits_from_probs(self, p_BxC: jax.Array) -> jax.Array:
-        """Inverse of `probs`, finite for p in [0, 1].
+        """Finite inverse of `probs` on [0, 1]: probs(logits_from_probs(p)) == p up to clipping.
 
-        Lets a mean of probabilities (over modalities) be returned where logits
-        are expected: argmax (multiclass), sign vs p > 0.5 (multilabel) and
-        value (regression) of the result are those of p, and
-        probs(logits_from_probs(p)) == p up to the clipping.
+        Lets a mean of probabilities (over modalities) stand where logits are
+        expected: the argmax (multiclass), sign vs p > 0.5 (multilabel) or value
+        (regression) of the result is p's.
         """
         raise NotImplementedError
 
     def positive_weights(
-        self,
-        labels: jax.Array,
-        is_labeled_B: jax.Array,
-        beliefs: jax.Array,
-        s_BxP: jax.Array,
-        *,
-        mode: str,
-        sigma: float,
-        threshold: float,
-        label_sigma: float,
-        centroids_CxP: jax.Array | None = None,
-        centroid_valid_C: jax.Array | None = None,
-    ) -> jax.Array:
+        self, labels: jax.Array, is_labeled_B: jax.Array, beliefs: jax.Array, s_BxP: jax.Array,
+        *, mode: str, sigma: float, threshold: float, label_sigma: float,
+        centroids_CxP: jax.Array | None = None, centroid_valid_C: jax.Array | None = None,
+    ) -> jax.Array:  # fmt: skip
         """(B, B) PU positive weights by the task's `task_weights` rule.
 
         Arguments the task does not use are ignored, so callers pass all of them.
         """
-        raise NotImplementedError
+        given = dict(
+            threshold=threshold,
+            label_sigma=label_sigma,
+            centroids_CxP=centroids_CxP,
+            centroid_valid_C=centroid_valid_C,
+        )
+        kw = {k: given[k] for k in self._weight_args}
+        return self._weights(labels, is_labeled_B, beliefs, s_BxP, mode=mode, sigma=sigma, **kw)
 
     def train_metrics(
         self, logits_BxC: jax.Array, labels: jax.Array, is_labeled_B: jax.Array
@@ -102,7 +106,7 @@ class Task:
 
     def metrics(self, outputs_NxC: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """Evaluation metrics (numpy, `robult_jax.metrics`) of logits (N, C) against labels."""
-        raise NotImplementedError
+        return self._metrics(outputs_NxC, labels)
 
     def outputs(self, logits_NxC: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities float32, predictions) in numpy, as `predict` returns them."""
@@ -112,8 +116,10 @@ class Task:
 class _Multiclass(Task):
     """Softmax classification; labels (B,) int in [0, C)."""
 
-    def loss(self, logits_BxC, labels):
-        return losses.multiclass_loss(logits_BxC, labels)
+    _loss = staticmethod(losses.multiclass_loss)
+    _metrics = staticmethod(metrics.classification_metrics)
+    _weights = staticmethod(task_weights.multiclass_weights)
+    _weight_args = ("threshold", "centroids_CxP", "centroid_valid_C")
 
     def probs(self, logits_BxC):
         return jax.nn.softmax(logits_BxC, axis=-1)
@@ -130,20 +136,9 @@ class _Multiclass(Task):
         lifted_Bx1 = jnp.nextafter(jax.lax.stop_gradient(rival_Bx1), jnp.inf)
         return jnp.where(top_BxC, jnp.maximum(x_BxC, lifted_Bx1), x_BxC)
 
-    def positive_weights(self, labels, is_labeled_B, beliefs, s_BxP, *, mode, sigma, threshold,
-                         label_sigma, centroids_CxP=None, centroid_valid_C=None):  # fmt: skip
-        del label_sigma
-        return task_weights.multiclass_weights(
-            labels, is_labeled_B, beliefs, s_BxP, mode=mode, sigma=sigma, threshold=threshold,
-            centroids_CxP=centroids_CxP, centroid_valid_C=centroid_valid_C,
-        )  # fmt: skip
-
     def train_metrics(self, logits_BxC, labels, is_labeled_B):
         correct_B = (jnp.argmax(logits_BxC, axis=-1) == labels).astype(jnp.float32)
         return {"labeled_accuracy": losses.masked_mean(correct_B, is_labeled_B)}
-
-    def metrics(self, outputs_NxC, labels):
-        return metrics.classification_metrics(outputs_NxC, labels)
 
     def outputs(self, logits_NxC):
         logits_NxC = np.asarray(logits_NxC)
@@ -155,8 +150,10 @@ class _Multiclass(Task):
 class _Multilabel(Task):
     """Independent sigmoid per label; labels (B, C) in [0, 1]."""
 
-    def loss(self, logits_BxC, labels):
-        return losses.multilabel_loss(logits_BxC, labels)
+    _loss = staticmethod(losses.multilabel_loss)
+    _metrics = staticmethod(metrics.multilabel_metrics)
+    _weights = staticmethod(task_weights.multilabel_weights)
+    _weight_args = ("threshold",)
 
     def probs(self, logits_BxC):
         return jax.nn.sigmoid(logits_BxC)
@@ -172,42 +169,24 @@ class _Multilabel(Task):
         neg_BxC = jnp.minimum(x_BxC, -info.tiny)
         return jnp.where(p_BxC > 0.5, pos_BxC, jnp.where(p_BxC < 0.5, neg_BxC, 0.0))
 
-    def positive_weights(self, labels, is_labeled_B, beliefs, s_BxP, *, mode, sigma, threshold,
-                         label_sigma, centroids_CxP=None, centroid_valid_C=None):  # fmt: skip
-        del label_sigma, centroids_CxP, centroid_valid_C
-        return task_weights.multilabel_weights(
-            labels, is_labeled_B, beliefs, s_BxP, mode=mode, sigma=sigma, threshold=threshold
-        )
-
-    def metrics(self, outputs_NxC, labels):
-        return metrics.multilabel_metrics(outputs_NxC, labels)
-
     def outputs(self, logits_NxC):
         probs_NxC = (1.0 / (1.0 + np.exp(-np.asarray(logits_NxC)))).astype(np.float32)
         return probs_NxC, (probs_NxC > 0.5).astype(np.int32)
 
 
 class _Regression(Task):
-    """One real-valued output, (B, 1); labels (B,) float; L1 loss."""
+    """One real-valued output, (B, 1); labels (B,) float; L1 loss; no confidence, no classes."""
 
-    def loss(self, logits_BxC, labels):
-        return losses.regression_loss(logits_BxC, labels)
+    _loss = staticmethod(losses.regression_loss)
+    _metrics = staticmethod(metrics.regression_metrics)
+    _weights = staticmethod(task_weights.regression_weights)
+    _weight_args = ("label_sigma",)
 
     def probs(self, logits_BxC):
         return logits_BxC
 
     def logits_from_probs(self, p_BxC):
         return p_BxC
-
-    def positive_weights(self, labels, is_labeled_B, beliefs, s_BxP, *, mode, sigma, threshold,
-                         label_sigma, centroids_CxP=None, centroid_valid_C=None):  # fmt: skip
-        del threshold, centroids_CxP, centroid_valid_C  # no confidence, no classes
-        return task_weights.regression_weights(
-            labels, is_labeled_B, beliefs, s_BxP, mode=mode, sigma=sigma, label_sigma=label_sigma
-        )
-
-    def metrics(self, outputs_NxC, labels):
-        return metrics.regression_metrics(outputs_NxC, labels)
 
     def outputs(self, logits_NxC):
         logits_NxC = np.asarray(logits_NxC)

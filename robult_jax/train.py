@@ -228,7 +228,8 @@ def train_and_evaluate(
             writer.write(done, row)
         if save:
             ckpt.save(done, state)
-        progress.update(1)
+        if step > start_step:  # the bar was created at the first step, already counting it
+            progress.update(1)
     if progress is not None:
         progress.close()
     ckpt.wait_until_finished()

@@ -1,8 +1,9 @@
 """Tests for robult_jax.losses: hand values, numpy loop references, gradients, masks.
 
-The numpy references below are written from docs/method.md 3.2 with plain loops,
-independently of the vectorised implementation. The multi-label and regression
-weight rules are tested in test_tasks.py (with the Task objects).
+The numpy reference below is written from docs/method.md 3.2 with plain loops,
+independently of the vectorised implementation. The positive-weight rules
+(robult_jax.task_weights) are tested in test_task_weights.py, with the batches
+and jitted calls defined here.
 
 Shape legend: B batch, M modalities, D latent width, P projection width, C classes.
 """
@@ -17,39 +18,6 @@ from jax.test_util import check_grads
 from robult_jax import losses
 
 # ----------------------------------------------------------------------------- references
-
-
-def np_positive_weights(
-    labels, is_lab, probs, s, mode, sigma=0.5, threshold=0.0, cent=None, cvalid=None
-):
-    b, c = probs.shape
-    w = np.zeros((b, b))
-    p = [np.eye(c)[labels[j]] if is_lab[j] else probs[j] for j in range(b)]
-    yhat = [labels[j] if is_lab[j] else int(np.argmax(probs[j])) for j in range(b)]
-    passes = [bool(is_lab[j]) or probs[j].max() >= threshold for j in range(b)]
-    rho = np.ones(b)
-    for j in range(b):
-        if is_lab[j]:
-            continue
-        cls = int(np.argmax(probs[j]))
-        refs = [r for r in range(b) if is_lab[r] and labels[r] == cls]
-        if refs:
-            rho[j] = np.mean([np.exp(-np.sum((s[j] - s[r]) ** 2) / (2 * sigma**2)) for r in refs])
-        elif cent is not None and (cvalid is None or cvalid[cls]):
-            rho[j] = np.exp(-np.sum((s[j] - cent[cls]) ** 2) / (2 * sigma**2))
-        else:
-            rho[j] = 0.0
-    for j in range(b):
-        for k in range(b):
-            if j == k or mode == "none":
-                w[j, k] = float(j == k)
-            elif mode == "hard":
-                w[j, k] = float(yhat[j] == yhat[k] and passes[j] and passes[k])
-            elif is_lab[j] and is_lab[k]:
-                w[j, k] = float(labels[j] == labels[k])
-            else:
-                w[j, k] = np.dot(p[j], p[k]) * rho[j] * rho[k] * (passes[j] and passes[k])
-    return w
 
 
 def np_contrastive(s, z, w, mask, tau):
@@ -95,14 +63,19 @@ def make_task_batch(task, seed=0, b=8, c=3, n_lab=4):
     return d
 
 
-# Jitted once per signature: eager op-by-op dispatch would dominate test time.
+# Jitted once per signature (and shared with test_task_weights.py): eager op-by-op
+# dispatch would dominate test time.
 _jit_loss = jax.jit(losses.soft_pu_contrastive_loss, static_argnames=("mode", "task"))
-_jit_weights = jax.jit(losses.positive_weights, static_argnames=("mode", "task"))
+jit_weights = jax.jit(losses.positive_weights, static_argnames=("mode", "task"))
 _jit_weighted = jax.jit(losses.weighted_contrastive_loss)
 
 
 def call_loss(d, **kw):
     return _jit_loss(d["s"], d["z"], d["labels"], d["is_lab"], d["probs"], d["mask"], **kw)
+
+
+def call_weights(d, **kw):
+    return jit_weights(d["labels"], d["is_lab"], d["probs"], d["s"], **kw)
 
 
 # ----------------------------------------------------------------------------- supervised
@@ -160,103 +133,7 @@ def test_supervised_loss_errors():
         losses.supervised_loss(jnp.zeros(3), jnp.zeros(3, jnp.int32))
 
 
-# ----------------------------------------------------------------------------- weights
-
-
-def test_soft_weights_explicit_tiny_case():
-    # Rows 0, 1 labeled (classes 0, 1); row 2 unlabeled, predicted class 0.
-    # rho_2 = kernel to the single labeled class-0 sample: ||s2 - s0||^2 = 1, sigma = 1.
-    s = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    probs = jnp.array([[0.5, 0.5], [0.5, 0.5], [0.8, 0.2]])
-    w = _jit_weights(jnp.array([0, 1, 0]), jnp.array([True, True, False]), probs, s, sigma=1.0)
-    r = np.exp(-0.5)
-    expected = [[1, 0, 0.8 * r], [0, 1, 0.2 * r], [0.8 * r, 0.2 * r, 1]]
-    np.testing.assert_allclose(w, expected, rtol=1e-6)
-    # Threshold 0.9 > max p_2 = 0.8: row 2 drops out of every off-diagonal pair.
-    w = _jit_weights(
-        jnp.array([0, 1, 0]), jnp.array([True, True, False]), probs, s, sigma=1.0, threshold=0.9
-    )
-    np.testing.assert_allclose(w, np.eye(3), atol=1e-7)
-
-
-def test_centroid_fallback_and_conservative_zero():
-    # Row 2 is unlabeled with predicted class 2, which no labeled row has.
-    s = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
-    probs = jnp.array([[1.0, 0, 0], [0, 1.0, 0], [0.1, 0.2, 0.7]])
-    args = (jnp.array([0, 1, 0]), jnp.array([True, True, False]), probs, s)
-    cent = jnp.array([[9.0, 9.0], [9.0, 9.0], [0.0, 1.0]])  # ||s2 - c2||^2 = 1
-    w = _jit_weights(*args, sigma=1.0, centroids_CxP=cent)
-    r = np.exp(-0.5)
-    np.testing.assert_allclose(w[2], [0.1 * r, 0.2 * r, 1.0], rtol=1e-6)
-    # Invalid centroid (or none at all): rho_2 = 0, so row 2 has only its diagonal.
-    invalid = jnp.array([True, True, False])
-    for kw in ({"centroids_CxP": cent, "centroid_valid_C": invalid}, {}):
-        w = _jit_weights(*args, sigma=1.0, **kw)
-        np.testing.assert_allclose(w[2], [0, 0, 1], atol=1e-7)
-        np.testing.assert_allclose(w[:, 2], [0, 0, 1], atol=1e-7)
-
-
-@pytest.mark.parametrize("mode", ["soft", "hard", "none"])
-@pytest.mark.parametrize("threshold", [0.0, 0.6])
-def test_positive_weights_match_loop_reference(mode, threshold):
-    d = make_batch(seed=1, b=9, c=4, n_lab=4)
-    cent = np.random.default_rng(2).normal(size=(4, 4)).astype(np.float32)
-    cvalid = np.array([True, False, True, True])
-    got = _jit_weights(
-        d["labels"], d["is_lab"], d["probs"], d["s"], mode=mode, sigma=0.7,
-        threshold=threshold, centroids_CxP=cent, centroid_valid_C=cvalid,
-    )  # fmt: skip
-    want = np_positive_weights(
-        d["labels"], d["is_lab"], d["probs"], d["s"], mode, 0.7, threshold, cent, cvalid
-    )
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    chex.assert_shape(got, (9, 9))
-    if mode != "none":  # the case must exercise off-diagonal positives
-        assert np.sum(want - np.eye(9)) > 0
-
-
-def test_hard_weights_threshold():
-    probs = jnp.array([[0.9, 0.1], [0.55, 0.45], [0.7, 0.3]])
-    w = _jit_weights(
-        jnp.array([0, 0, 0]), jnp.zeros(3, bool), probs, jnp.zeros((3, 2)), mode="hard",
-        threshold=0.6,
-    )  # fmt: skip
-    np.testing.assert_allclose(w, [[1, 0, 1], [0, 1, 0], [1, 0, 1]])
-
-
-@pytest.mark.parametrize("mode", ["soft", "hard", "none"])
-def test_labels_of_unlabeled_rows_are_ignored(mode):
-    d = make_batch(seed=3, n_lab=3)
-    d2 = dict(d, labels=np.where(d["is_lab"], d["labels"], np.arange(8) % 3).astype(np.int32))
-    assert not np.array_equal(d["labels"], d2["labels"])
-    for batch_kw in ({}, {"centroids_CxP": jnp.ones((3, 4))}):
-        w1 = _jit_weights(d["labels"], d["is_lab"], d["probs"], d["s"], mode=mode, **batch_kw)
-        w2 = _jit_weights(d2["labels"], d["is_lab"], d["probs"], d["s"], mode=mode, **batch_kw)
-        np.testing.assert_array_equal(w1, w2)
-        np.testing.assert_array_equal(call_loss(d, mode=mode)[0], call_loss(d2, mode=mode)[0])
-
-
-def test_weights_have_no_gradient():
-    d = make_batch(seed=4)
-    g = jax.jit(jax.grad(lambda s, p: _jit_weights(d["labels"], d["is_lab"], p, s).sum(), (0, 1)))(
-        d["s"], d["probs"]
-    )
-    assert all(not np.any(x) for x in g)
-
-
 # ----------------------------------------------------------------------------- contrastive
-
-
-@pytest.mark.parametrize("mode", ["soft", "hard", "none"])
-def test_contrastive_matches_loop_reference(mode):
-    d = make_batch(seed=5, drop=0.35)
-    assert not d["mask"].all()
-    loss, valid = call_loss(d, mode=mode, temperature=0.2, sigma=0.8, threshold=0.4)
-    w = np_positive_weights(d["labels"], d["is_lab"], d["probs"], d["s"], mode, 0.8, 0.4)
-    want = np_contrastive(d["s"], d["z"], w, d["mask"], 0.2)
-    chex.assert_shape((loss, valid), (8, 3))
-    np.testing.assert_array_equal(valid, d["mask"])
-    np.testing.assert_allclose(loss, want, rtol=1e-5, atol=1e-6)
 
 
 def test_fully_labeled_soft_equals_supcon():
@@ -414,7 +291,7 @@ def test_soft_pu_is_the_composition(task, mode):
     if task == "multiclass":
         kw.update(centroids_CxP=jnp.ones((3, 4)), centroid_valid_C=jnp.array([1, 0, 1], bool))
     got = call_loss(d, temperature=0.2, **kw)
-    w = _jit_weights(d["labels"], d["is_lab"], d["probs"], d["s"], **kw)
+    w = call_weights(d, **kw)
     want = _jit_weighted(d["s"], d["z"], w, d["mask"], temperature=0.2)
     chex.assert_trees_all_close(got, want, rtol=1e-6)
 

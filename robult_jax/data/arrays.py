@@ -53,7 +53,9 @@ from typing import Any
 
 import numpy as np
 
-from robult_jax.data.types import MODALITY_KINDS, TASKS, Dataset, DatasetSpec, ModalitySpec, Split
+from robult_jax.data.normalize import fit_stats, nan_rows, prepare
+from robult_jax.data.types import MODALITY_KINDS, Dataset, DatasetSpec, ModalitySpec, Split
+from robult_jax.tasks import NAMES
 
 SPLITS = ("train", "validation", "test")
 # Per-sample ranks each kind accepts (the default encoder of the kind must take them).
@@ -176,8 +178,7 @@ def _labels(
             )
         if n_out < 2:
             raise ValueError(f"{where}: multiclass labels need at least 2 classes, found {n_out}.")
-        names = class_names or tuple(str(c) for c in range(n_out))
-        return labels.astype(np.int32), n_out, tuple(names)
+        return labels.astype(np.int32), n_out, class_names or tuple(map(str, range(n_out)))
     if task == "multilabel":
         if raw.ndim != 2:
             raise ValueError(f"{where}: multilabel labels must be (N, C), got shape {raw.shape}.")
@@ -188,8 +189,8 @@ def _labels(
             raise ValueError(
                 f"{where}: labels have {raw.shape[1]} columns but data.num_classes={num_classes}."
             )
-        names = class_names or tuple(str(c) for c in range(raw.shape[1]))
-        return raw.astype(np.float32), raw.shape[1], tuple(names)
+        names = class_names or tuple(map(str, range(raw.shape[1])))
+        return raw.astype(np.float32), raw.shape[1], names
     # regression
     raw = raw.reshape(len(raw)) if raw.ndim == 2 and raw.shape[1] == 1 else raw
     if raw.ndim != 1 or raw.dtype.kind not in "iuf":
@@ -199,7 +200,7 @@ def _labels(
     bad = np.flatnonzero(~np.isfinite(raw))
     if bad.size:
         raise ValueError(f"{where}: regression labels must be finite; rows {_rows_text(bad)}.")
-    return raw.astype(np.float32), 1, tuple(class_names)
+    return raw.astype(np.float32), 1, class_names
 
 
 def check_modality(where: str, name: str, kind: str, x: np.ndarray) -> np.ndarray:
@@ -231,40 +232,6 @@ def check_mask(where: str, mask: np.ndarray, n: int, names: list[str] | tuple) -
     if not np.isin(mask, (0, 1)).all():
         raise ValueError(f"{where}: the mask must hold only True/False (or 0/1).")
     return mask.astype(bool)
-
-
-def nan_rows(x_NxS: np.ndarray) -> np.ndarray:
-    """(N,) True where a sample's array holds any NaN (= modality missing)."""
-    return np.isnan(x_NxS).reshape(len(x_NxS), -1).any(axis=1)
-
-
-def fit_stats(x_NxS: np.ndarray, present_N: np.ndarray, kind: str) -> dict[str, np.ndarray]:
-    """Per-feature (last axis) mean and std over the present rows, float64."""
-    x = x_NxS[present_N]
-    # A 2-D image has no channel axis: one mean / std for all its pixels.
-    axes = tuple(range(x.ndim)) if kind == "image" and x.ndim == 3 else tuple(range(x.ndim - 1))
-    mean, std = x.mean(axis=axes), x.std(axis=axes)
-    # Floor on std: a constant feature would otherwise divide by zero.
-    std = np.maximum(std, 1e-6)
-    if kind == "sequence":  # the last channel is a 0/1 validity flag: leave it as it is
-        mean[..., -1], std[..., -1] = 0.0, 1.0
-    return {"mean": mean, "std": std}
-
-
-def prepare(
-    x_NxS: np.ndarray, present_N: np.ndarray, stats: dict[str, np.ndarray] | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 model input, presence): NaN rows absent, standardised, absent rows zeroed.
-
-    The same function prepares training data (here) and new data
-    (`robult_jax.predict`), so both see bit-identical inputs.
-    """
-    present_N = present_N & ~nan_rows(x_NxS)
-    x = np.asarray(x_NxS, np.float64)
-    if stats is not None:
-        x = (x - stats["mean"]) / stats["std"]
-    keep = present_N.reshape((-1,) + (1,) * (x.ndim - 1))
-    return np.where(keep, x, 0.0).astype(np.float32), present_N
 
 
 def _split_ids(raw: np.ndarray, where: str, n: int) -> np.ndarray:
@@ -334,8 +301,8 @@ def load_arrays(data_config: Any) -> Dataset:
             )
     names = sorted(kinds)  # the spec order, and the order of the mask columns
     task = _get(data_config, "task", "multiclass")
-    if task not in TASKS:
-        raise ValueError(f"data.task={task!r} is not one of {', '.join(TASKS)}.")
+    if task not in NAMES:
+        raise ValueError(f"data.task={task!r} is not one of {', '.join(NAMES)}.")
     label_key = _get(data_config, "label_key", "labels")
     mask_key = _get(data_config, "mask_key", "mask")
     split_key = _get(data_config, "split_key", "split")
@@ -411,10 +378,11 @@ def load_arrays(data_config: Any) -> Dataset:
             name: fit_stats(xs[name][rows["train"]], train_present[:, j], kinds[name])
             for j, name in enumerate(names)
         }
-    prepared = [
-        prepare(xs[name], present_NxM[:, j], stats and stats[name]) for j, name in enumerate(names)
-    ]
-    inputs = {name: x for name, (x, _) in zip(names, prepared, strict=True)}
+    # NaN rows are already absent in present_NxM, so prepare's presence adds nothing.
+    inputs = {
+        name: prepare(xs[name], present_NxM[:, j], stats and stats[name])[0]
+        for j, name in enumerate(names)
+    }
     spec = DatasetSpec(
         name="arrays",
         modalities=tuple(ModalitySpec(name, xs[name].shape[1:], kinds[name]) for name in names),

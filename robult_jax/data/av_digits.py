@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import hashlib
 import importlib.util
 import itertools
 import os
@@ -119,8 +118,7 @@ class Sizes:
     @classmethod
     def from_config(cls, data_config: Any) -> Sizes:
         values = {f.name: getattr(data_config, f.name, f.default) for f in dataclasses.fields(cls)}
-        for name in ("num_train", "num_val", "num_test"):
-            split = {"num_train": "train", "num_val": "validation", "num_test": "test"}[name]
+        for name, split in zip(("num_train", "num_val", "num_test"), MNIST_SIZES, strict=True):
             v, hi = values[name], MNIST_SIZES[split]
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= hi:
                 raise ValueError(
@@ -173,14 +171,6 @@ def find_mnist_source() -> str:
     return path
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_mnist_source(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Reads the pickled ((x, y), (x, y), (x, y)) and checks shapes and labels.
 
@@ -213,7 +203,7 @@ def make_utterance_pool(
     rng: np.random.Generator, synth_fn: SynthFn,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """per_class utterances of each digit: spectrograms (P, F, T), labels and settings."""
-    specs, labels, voice_ids, rates, pitches = [], [], [], [], []
+    pool: dict[str, list] = {"audio": [], "label": [], "voice": [], "rate": [], "pitch": []}
     for digit, word in enumerate(WORDS):
         for _ in range(per_class):
             v = int(rng.integers(len(voices)))
@@ -228,18 +218,10 @@ def make_utterance_pool(
             # Trim before adding noise: noise would hide the silence to trim.
             audio = speech.trim_silence(audio)
             noisy = speech.add_noise(audio, float(rng.uniform(*snr_db)), rng)
-            specs.append(speech.log_mel_spectrogram(noisy, trim=False))
-            labels.append(digit)
-            voice_ids.append(v)
-            rates.append(rate)
-            pitches.append(pitch)
-    return {
-        "audio": np.stack(specs),
-        "label": np.array(labels),
-        "voice": np.array(voice_ids),
-        "rate": np.array(rates),
-        "pitch": np.array(pitches),
-    }
+            spectrogram = speech.log_mel_spectrogram(noisy, trim=False)
+            for key, value in zip(pool, (spectrogram, digit, v, rate, pitch), strict=True):
+                pool[key].append(value)
+    return {key: np.stack(values) for key, values in pool.items()}
 
 
 class RobultAvDigits(tfds.core.GeneratorBasedBuilder):
@@ -298,7 +280,7 @@ class RobultAvDigits(tfds.core.GeneratorBasedBuilder):
             speech.get_espeak()  # fail now, with the install hint, not mid-split
         data = read_mnist_source(path)
         self.info.metadata.update(
-            source_sha256=file_sha256(path),
+            source_sha256=tfds_io.file_sha256(path),
             variant=VARIANT,
             sizes=dataclasses.asdict(self._sizes),
             voices={k: list(v) for k, v in SPLIT_VOICES.items()},
@@ -361,7 +343,7 @@ def _check_source(builder: RobultAvDigits, source_path: str | None) -> None:
         path = source_path or find_mnist_source()
     except (ModuleNotFoundError, FileNotFoundError):
         return  # already built; the source is not needed to load it
-    if builder.info.metadata.get("source_sha256") != file_sha256(path):
+    if builder.info.metadata.get("source_sha256") != tfds_io.file_sha256(path):
         raise ValueError(
             f"The cached av_digits dataset in {builder.data_dir} was built from a different "
             f"MNIST file than {path}. Delete {builder.data_dir} to rebuild it."
@@ -400,9 +382,4 @@ def load_av_digits(
         # Both modalities exist for every pair; missingness is simulated later.
         return Split(inputs=inputs, labels=labels, mask=np.ones((len(labels), 2), bool))
 
-    return Dataset(
-        spec=AV_DIGITS_SPEC,
-        train=to_split(arrays["train"]),
-        validation=to_split(arrays["validation"]),
-        test=to_split(arrays["test"]),
-    )
+    return Dataset(AV_DIGITS_SPEC, *(to_split(arrays[split]) for split in MNIST_SIZES))

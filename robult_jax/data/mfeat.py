@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from robult_jax.data import tfds_io
-from robult_jax.data.normalize import apply_normaliser, fit_normaliser
+from robult_jax.data.normalize import standardised_dataset
 from robult_jax.data.registry import resolve_data_dir
 from robult_jax.data.types import Dataset, DatasetSpec, ModalitySpec, Split
 
@@ -288,11 +288,4 @@ def load_mfeat(data_config: Any, *, source_dir: str | None = None) -> Dataset:
         )
     builder = build_mfeat(resolve_data_dir(data_config), source_dir)
     train, validation, test = (_load_split(builder, s) for s in SPLITS)
-    stats = fit_normaliser(train)  # train rows only
-    return Dataset(
-        spec=MFEAT_SPEC,
-        train=apply_normaliser(train, stats),
-        validation=apply_normaliser(validation, stats),
-        test=apply_normaliser(test, stats),
-        input_stats={name: {"mean": mean, "std": std} for name, (mean, std) in stats.items()},
-    )
+    return standardised_dataset(MFEAT_SPEC, train, validation, test)  # train statistics only

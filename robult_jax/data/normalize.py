@@ -1,29 +1,73 @@
-"""Per-feature standardisation fitted on a training split (watch, mfeat).
+"""Per-feature standardisation fitted on a training split (arrays, watch, mfeat).
+
+Shape legend: N samples (rows), S the per-sample shape.
 
 Features are the last axis: a time series (N, T, F) gets one mean and std per
-channel over all windows and steps, a vector (N, D) one per dimension. The
-statistics are returned so that loaders can record them in
-`Dataset.input_stats` (prediction applies the same transform to raw inputs).
+channel over all rows and steps, a vector (N, D) one per dimension. A 2-D
+image (N, H, W) has no channel axis: one mean and std for all its pixels. The
+last channel of a "sequence" modality (its 0/1 validity flag) is left as it
+is. The statistics are fitted in float64 on the train split's present rows
+only and recorded in `Dataset.input_stats`, so that `robult_jax.predict`
+standardises new inputs with the same `prepare` and bit-identical results.
 """
 
 import numpy as np
 
-from robult_jax.data.types import Split
+from robult_jax.data.types import Dataset, DatasetSpec, Split
+
+Stats = dict[str, np.ndarray]  # {"mean": ..., "std": ...}, float64, broadcastable to S
 
 
-def fit_normaliser(split: Split) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-feature (mean, std) of each modality over every row (and step) of `split`."""
-    stats = {}
-    for name, x in split.inputs.items():
-        x64 = x.reshape(-1, x.shape[-1]).astype(np.float64)
-        # Floor on std: a constant feature would otherwise divide by zero.
-        stats[name] = (x64.mean(axis=0), np.maximum(x64.std(axis=0), 1e-6))
-    return stats
+def nan_rows(x_NxS: np.ndarray) -> np.ndarray:
+    """(N,) True where a sample's array holds any NaN (= modality missing)."""
+    return np.isnan(x_NxS).reshape(len(x_NxS), -1).any(axis=1)
 
 
-def apply_normaliser(split: Split, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> Split:
-    inputs = {
-        name: ((x - stats[name][0]) / stats[name][1]).astype(np.float32)
-        for name, x in split.inputs.items()
+def fit_stats(x_NxS: np.ndarray, present_N: np.ndarray, kind: str) -> Stats:
+    """Per-feature (last axis) mean and std over the present rows, float64."""
+    x = np.asarray(x_NxS, np.float64)[present_N]
+    # A 2-D image has no channel axis: one mean / std for all its pixels.
+    axes = tuple(range(x.ndim)) if kind == "image" and x.ndim == 3 else tuple(range(x.ndim - 1))
+    mean, std = x.mean(axis=axes), x.std(axis=axes)
+    # Floor on std: a constant feature would otherwise divide by zero.
+    std = np.maximum(std, 1e-6)
+    if kind == "sequence":  # the last channel is a 0/1 validity flag: leave it as it is
+        mean[..., -1], std[..., -1] = 0.0, 1.0
+    return {"mean": mean, "std": std}
+
+
+def standardise(x_NxS: np.ndarray, stats: Stats) -> np.ndarray:
+    """(x - mean) / std in float64."""
+    return (np.asarray(x_NxS, np.float64) - stats["mean"]) / stats["std"]
+
+
+def prepare(
+    x_NxS: np.ndarray, present_N: np.ndarray, stats: Stats | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 model input, presence): NaN rows absent, standardised, absent rows zeroed.
+
+    The same function prepares training data (`robult_jax.data.arrays`) and
+    new data (`robult_jax.predict`), so both see bit-identical inputs.
+    """
+    present_N = present_N & ~nan_rows(x_NxS)
+    x = np.asarray(x_NxS, np.float64) if stats is None else standardise(x_NxS, stats)
+    keep = present_N.reshape((-1,) + (1,) * (x.ndim - 1))
+    return np.where(keep, x, 0.0).astype(np.float32), present_N
+
+
+def standardised_dataset(
+    spec: DatasetSpec, train: Split, validation: Split, test: Split
+) -> Dataset:
+    """The Dataset of three complete splits, standardised with `train`'s statistics only."""
+    kinds = {m.name: m.kind for m in spec.modalities}
+    stats = {
+        name: fit_stats(x, np.ones(len(x), bool), kinds[name]) for name, x in train.inputs.items()
     }
-    return Split(inputs=inputs, labels=split.labels, mask=split.mask)
+
+    def apply(split: Split) -> Split:
+        inputs = {
+            name: standardise(x, stats[name]).astype(np.float32) for name, x in split.inputs.items()
+        }
+        return Split(inputs=inputs, labels=split.labels, mask=split.mask)
+
+    return Dataset(spec, apply(train), apply(validation), apply(test), input_stats=stats)

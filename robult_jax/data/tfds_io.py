@@ -2,11 +2,14 @@
 
 Every dataset (the packaged ones and the user-supplied benchmarks) converts
 its source once into an array_record tfds dataset and then reads whole splits
-into numpy arrays; these two steps are the same for all of them.
+into numpy arrays; these two steps are the same for all of them. watch and
+av_digits record their source file's `file_sha256`, to detect a cache built
+from another file.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -38,6 +41,15 @@ def build_once(
     builder = make_builder(source or find_source())
     prepare(builder, dataset=dataset)
     return builder
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of the file at `path`, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def prepare(

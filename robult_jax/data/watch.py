@@ -25,7 +25,6 @@ Data config fields read:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from robult_jax.data import tfds_io
-from robult_jax.data.normalize import apply_normaliser, fit_normaliser
+from robult_jax.data.normalize import standardised_dataset
 from robult_jax.data.registry import resolve_data_dir
 from robult_jax.data.types import Dataset, DatasetSpec, ModalitySpec, Split
 
@@ -74,14 +73,6 @@ def find_watch_source() -> str:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found; reinstall seglearn: {INSTALL_HINT}")
     return path
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_watch_source(path: str) -> dict[str, Any]:
@@ -155,7 +146,7 @@ class RobultWatch(tfds.core.GeneratorBasedBuilder):
         path = self.source_path
         data = read_watch_source(path)
         # Recorded so that a cache built from another file is detected on load.
-        self.info.metadata["source_sha256"] = file_sha256(path)
+        self.info.metadata["source_sha256"] = tfds_io.file_sha256(path)
         self.info.metadata["window"] = WINDOW
         self.info.metadata["stride"] = STRIDE
         return {
@@ -199,7 +190,7 @@ def _check_source(builder: RobultWatch, source_path: str | None) -> None:
         path = source_path or find_watch_source()
     except (ModuleNotFoundError, FileNotFoundError):
         return  # already built; the source is not needed to load it
-    if built_from != file_sha256(path):
+    if built_from != tfds_io.file_sha256(path):
         raise ValueError(
             f"The cached watch dataset in {builder.data_dir} was built from a different "
             f"source file than {path}. Delete {builder.data_dir} to rebuild it."
@@ -238,11 +229,4 @@ def load_watch(data_config: Any, *, source_path: str | None = None) -> Dataset:
 
     if len(train) == 0:
         raise ValueError(f"No training windows left after holding out subject {val_subject}.")
-    stats = fit_normaliser(train)  # training windows only
-    return Dataset(
-        spec=WATCH_SPEC,
-        train=apply_normaliser(train, stats),
-        validation=apply_normaliser(validation, stats),
-        test=apply_normaliser(test, stats),
-        input_stats={name: {"mean": mean, "std": std} for name, (mean, std) in stats.items()},
-    )
+    return standardised_dataset(WATCH_SPEC, train, validation, test)  # train statistics only
