@@ -27,6 +27,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from robult_jax import report
+
 # Fields that may change between a run and its resumption: they change how long
 # or how often things happen, not what is being trained.
 RESUMABLE_FIELDS = (
@@ -80,39 +82,25 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> Non
 
 def write_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Records the run's config (once, by process 0); written atomically."""
-    path = os.path.join(workdir, "config.json")
-    if jax.process_index() != 0:
-        return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    if jax.process_index() == 0:
+        text = json.dumps(config_to_dict(config), indent=2, sort_keys=True)
+        report.atomic_write(os.path.join(workdir, "config.json"), text.encode())
 
 
 class Checkpointer:
     """Periodic + best checkpoints of a pytree state."""
 
     def __init__(self, workdir: str, *, keep: int):
-        workdir = os.path.abspath(workdir)
-        self._latest = ocp.CheckpointManager(
-            os.path.join(workdir, "checkpoints"),
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=False
-            ),
-        )
-        self._best = ocp.CheckpointManager(
-            os.path.join(workdir, "best"),
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=1,
-                best_fn=lambda metrics: metrics["score"],
-                best_mode="max",
-                create=True,
-                enable_async_checkpointing=False,
-            ),
-        )
+        def manager(name: str, **options) -> ocp.CheckpointManager:
+            return ocp.CheckpointManager(
+                os.path.join(os.path.abspath(workdir), name),
+                options=ocp.CheckpointManagerOptions(
+                    create=True, enable_async_checkpointing=False, **options
+                ),
+            )
 
-    def latest_step(self) -> int | None:
-        return self._latest.latest_step()
+        self._latest = manager("checkpoints", max_to_keep=keep)
+        self._best = manager("best", max_to_keep=1, best_fn=lambda m: m["score"], best_mode="max")
 
     def best_step(self) -> int | None:
         return self._best.best_step()
@@ -127,16 +115,16 @@ class Checkpointer:
         )
 
     @staticmethod
-    def _restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
-        return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    def _restore(manager: ocp.CheckpointManager, step: int | None, abstract: Any) -> Any | None:
+        if step is None:
+            return None
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
     def restore_latest(self, abstract_state: Any) -> Any | None:
-        step = self._latest.latest_step()
-        return None if step is None else self._restore(self._latest, step, abstract_state)
+        return self._restore(self._latest, self._latest.latest_step(), abstract_state)
 
     def restore_best(self, abstract_state: Any) -> Any | None:
-        step = self._best.best_step()
-        return None if step is None else self._restore(self._best, step, abstract_state)
+        return self._restore(self._best, self._best.best_step(), abstract_state)
 
     def wait_until_finished(self) -> None:
         self._latest.wait_until_finished()

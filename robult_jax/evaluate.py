@@ -9,6 +9,7 @@ Two protocols on a split:
 Shape legend: N samples, B batch, M modalities, C outputs.
 """
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -26,10 +27,10 @@ from robult_jax.tasks import Task
 PredictFn = Callable[[Any, dict, jax.Array], jax.Array]
 
 
-def make_predict_fn(model: nn.Module, mesh: jax.sharding.Mesh | None = None) -> PredictFn:
+def make_predict_fn(model: nn.Module, mesh: jax.sharding.Mesh) -> PredictFn:
     """`predict(params, inputs, mask_BxM) -> logits_BxC`, jitted once per batch shape.
 
-    With a mesh, the logits come back replicated on every device: the batch is
+    The logits come back replicated on every device of `mesh`: the batch is
     sharded across processes in multi-host runs, and each process needs every
     row to compute metrics (a process can only read its own devices' arrays).
     """
@@ -38,8 +39,6 @@ def make_predict_fn(model: nn.Module, mesh: jax.sharding.Mesh | None = None) -> 
         out = model.apply({"params": params}, inputs, mask_BxM, train=False)
         return out["logits_BxC"]
 
-    if mesh is None:
-        return jax.jit(predict)
     return jax.jit(predict, out_shardings=parallel.replicated(mesh))
 
 
@@ -116,19 +115,17 @@ def evaluate_random_missing(
     training ones). Masks are also stored in `masks_out` when given.
     """
     names = list(split.inputs)
-    n, m = len(split), len(names)
     results, hashes = {}, {}
     for rate in rates:
-        per_seed = []
         if isinstance(rate, tuple | list):
             key = ",".join(f"{name}={r:g}" for name, r in zip(names, rate, strict=True))
+            draw = functools.partial(masks_lib.per_modality_missing, len(split), rate)
         else:
             key = f"{rate:g}"
+            draw = functools.partial(masks_lib.random_missing, len(split), len(names), rate)
+        per_seed = []
         for seed in seeds:
-            if isinstance(rate, tuple | list):
-                mask_NxM = masks_lib.per_modality_missing(n, rate, seed)
-            else:
-                mask_NxM = masks_lib.random_missing(n, m, rate, seed)
+            mask_NxM = draw(seed)
             mask_name = f"rate={key}/seed={seed}"
             hashes[mask_name] = masks_lib.mask_hash(mask_NxM)
             if masks_out is not None:
@@ -137,10 +134,9 @@ def evaluate_random_missing(
                 predict, params, split, mask_NxM, batch_size=batch_size, mesh=mesh
             )
             per_seed.append(task.metrics(logits, split.labels))
-        results[key] = {k: _mean_std([r[k] for r in per_seed]) for k in per_seed[0]}
+        results[key] = {}
+        for k in per_seed[0]:
+            values = [r[k] for r in per_seed]
+            mean, std = metrics_lib.mean_std(values)
+            results[key][k] = {"mean": mean, "std": std, "values": values}
     return results, hashes
-
-
-def _mean_std(values: list[float]) -> dict:
-    mean, std = metrics_lib.mean_std(values)
-    return {"mean": float(mean), "std": float(std), "values": [float(v) for v in values]}

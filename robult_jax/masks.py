@@ -16,33 +16,23 @@ Shape legend: N samples, M modalities, S subsets (2**M - 1).
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from robult_jax.report import atomic_write
 
 # Why a cap: 2**M - 1 subsets are evaluated one by one; beyond this the
 # protocol is no longer an exhaustive sweep anyone would run.
 _MAX_SUBSET_MODALITIES = 16
 _META_KEY = "__meta__"
 _FORMAT_VERSION = 1
-
-
-def _check_m(m: int, field: str = "m") -> int:
-    if isinstance(m, bool) or not isinstance(m, int | np.integer) or m < 1:
-        raise ValueError(f"{field} must be an integer >= 1, got {m!r}")
-    return int(m)
-
-
-def _check_n(n: int) -> int:
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
-        raise ValueError(f"n must be an integer >= 0, got {n!r}")
-    return int(n)
 
 
 def _check_rate(rate: float, field: str) -> float:
@@ -59,9 +49,8 @@ def all_subsets(m: int) -> np.ndarray:
     present modalities (the order of `itertools.combinations`), so row 0..m-1
     are the single modalities and the last row is the full set.
     """
-    m = _check_m(m)
-    if m > _MAX_SUBSET_MODALITIES:
-        raise ValueError(f"m must be <= {_MAX_SUBSET_MODALITIES} for all_subsets, got {m}")
+    if not isinstance(m, int | np.integer) or not 1 <= m <= _MAX_SUBSET_MODALITIES:
+        raise ValueError(f"m must be an integer in [1, {_MAX_SUBSET_MODALITIES}], got {m!r}")
     rows = []
     for size in range(1, m + 1):
         for idx in itertools.combinations(range(m), size):
@@ -82,14 +71,17 @@ def subset_name(row: np.ndarray | Sequence[bool], names: Sequence[str]) -> str:
     return "+".join(present)
 
 
-def _keep_at_least_one(mask_NxM: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    n, m = mask_NxM.shape
+def _draw_missing(n: int, rates_M: Sequence[float], seed: int) -> np.ndarray:
+    """Modality j of each sample absent with probability `rates_M[j]`, one kept per row."""
+    rng = np.random.default_rng(seed)
+    m = len(rates_M)
+    mask_NxM = rng.random((n, m)) >= np.asarray(rates_M)
     # Why draw for every row (not only the empty ones): the random stream then
     # does not depend on which rows happened to be empty, so masks for the
     # same seed at different rates share their random numbers.
     keep_N = rng.integers(0, m, size=n)
     empty_N = ~mask_NxM.any(axis=1)
-    mask_NxM[np.nonzero(empty_N)[0], keep_N[empty_N]] = True
+    mask_NxM[empty_N, keep_N[empty_N]] = True
     return mask_NxM
 
 
@@ -104,21 +96,12 @@ def random_missing(n: int, m: int, rate: float, seed: int) -> np.ndarray:
     Uses common random numbers: for one seed, the uniform draws are the same
     at every rate, so curves over rates are not noisier than they need to be.
     """
-    n, m = _check_n(n), _check_m(m)
-    rate = _check_rate(rate, "eval.missing_rates")
-    rng = np.random.default_rng(seed)
-    mask_NxM = rng.random((n, m)) >= rate
-    return _keep_at_least_one(mask_NxM, rng)
+    return _draw_missing(n, [_check_rate(rate, "eval.missing_rates")] * m, seed)
 
 
 def per_modality_missing(n: int, rates_M: Sequence[float], seed: int) -> np.ndarray:
     """Like `random_missing` but modality i is absent with probability `rates_M[i]`."""
-    n = _check_n(n)
-    rates = [_check_rate(r, f"rates_M[{i}]") for i, r in enumerate(rates_M)]
-    _check_m(len(rates), "len(rates_M)")
-    rng = np.random.default_rng(seed)
-    mask_NxM = rng.random((n, len(rates))) >= np.asarray(rates)[None, :]
-    return _keep_at_least_one(mask_NxM, rng)
+    return _draw_missing(n, [_check_rate(r, f"rates_M[{i}]") for i, r in enumerate(rates_M)], seed)
 
 
 def mask_hash(mask: np.ndarray) -> str:
@@ -134,24 +117,6 @@ def mask_hash(mask: np.ndarray) -> str:
     digest.update(repr(tuple(int(d) for d in mask.shape)).encode())
     digest.update(np.packbits(np.ascontiguousarray(mask), axis=None).tobytes())
     return digest.hexdigest()[:16]
-
-
-def _atomic_write(path: str | os.PathLike, write_fn) -> None:
-    """Write through `write_fn(fileobj)` to a temp file, then rename over `path`.
-
-    Why: a crash mid-write leaves the old file (or none), never a truncated one.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_masks(
@@ -183,7 +148,9 @@ def save_masks(
     except TypeError as e:
         raise ValueError(f"meta must be JSON-serialisable: {e}") from e
     arrays[_META_KEY] = np.array(meta_json)
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())
 
 
 def load_masks(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -197,9 +164,8 @@ def load_masks(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str
             header = json.loads(str(data[_META_KEY][()]))
             masks = {}
             for entry in header["masks"]:
+                # The hash covers the shape, and mask_hash rejects a non-bool dtype.
                 mask = np.asarray(data[entry["key"]])
-                if mask.dtype != np.bool_ or list(mask.shape) != entry["shape"]:
-                    raise ValueError(f"mask {entry['name']!r} has wrong dtype/shape")
                 if mask_hash(mask) != entry["hash"]:
                     raise ValueError(
                         f"mask {entry['name']!r} hash {mask_hash(mask)} != stored {entry['hash']}"

@@ -44,34 +44,31 @@ def _check_pair(pred: np.ndarray, y: np.ndarray, pred_name: str, y_name: str) ->
         raise ValueError(f"{pred_name} is empty; metrics need at least one sample")
 
 
-def _check_labels(name: str, labels_N: np.ndarray, num_classes: int) -> None:
-    if not np.issubdtype(labels_N.dtype, np.integer):
-        raise ValueError(f"{name} must be integer class ids, got dtype {labels_N.dtype}")
-    if labels_N.size and (labels_N.min() < 0 or labels_N.max() >= num_classes):
-        raise ValueError(
-            f"{name} must be in [0, {num_classes}), got range [{labels_N.min()}, {labels_N.max()}]"
-        )
-
-
-def accuracy(pred_N: np.ndarray, y_N: np.ndarray) -> float:
-    """Fraction of samples with `pred_N == y_N`; both (N,) integer arrays."""
+def _label_pair(pred_N: np.ndarray, y_N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pred_N, y_N = np.asarray(pred_N), np.asarray(y_N)
     _check_pair(pred_N, y_N, "pred_N", "y_N")
     if pred_N.ndim != 1:
         raise ValueError(f"pred_N must be 1-D, got shape {pred_N.shape}")
+    return pred_N, y_N
+
+
+def accuracy(pred_N: np.ndarray, y_N: np.ndarray) -> float:
+    """Fraction of samples with `pred_N == y_N`; both (N,) integer arrays."""
+    pred_N, y_N = _label_pair(pred_N, y_N)
     return float(np.mean(pred_N == y_N))
 
 
 def confusion_matrix(pred_N: np.ndarray, y_N: np.ndarray, num_classes: int) -> np.ndarray:
     """(C, C) int64 counts; row = true class, column = predicted class."""
-    pred_N, y_N = np.asarray(pred_N), np.asarray(y_N)
-    _check_pair(pred_N, y_N, "pred_N", "y_N")
-    if pred_N.ndim != 1:
-        raise ValueError(f"pred_N must be 1-D, got shape {pred_N.shape}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    _check_labels("pred_N", pred_N, num_classes)
-    _check_labels("y_N", y_N, num_classes)
+    pred_N, y_N = _label_pair(pred_N, y_N)
+    for name, labels_N in (("pred_N", pred_N), ("y_N", y_N)):
+        if not np.issubdtype(labels_N.dtype, np.integer):
+            raise ValueError(f"{name} must be integer class ids, got dtype {labels_N.dtype}")
+        if labels_N.min() < 0 or labels_N.max() >= num_classes:
+            raise ValueError(
+                f"{name} must be in [0, {num_classes}), "
+                f"got range [{labels_N.min()}, {labels_N.max()}]"
+            )
     flat = y_N.astype(np.int64) * num_classes + pred_N.astype(np.int64)
     return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
@@ -79,8 +76,7 @@ def confusion_matrix(pred_N: np.ndarray, y_N: np.ndarray, num_classes: int) -> n
 def _f1_per_class(tp_C: np.ndarray, fp_C: np.ndarray, fn_C: np.ndarray) -> np.ndarray:
     """F1 = 2 tp / (2 tp + fp + fn); NaN where the class never occurs at all."""
     denom_C = 2 * tp_C + fp_C + fn_C
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom_C > 0, 2 * tp_C / np.maximum(denom_C, 1), np.nan)
+    return np.where(denom_C > 0, 2 * tp_C / np.maximum(denom_C, 1), np.nan)
 
 
 def macro_f1(pred_N: np.ndarray, y_N: np.ndarray, num_classes: int) -> float:
@@ -139,9 +135,7 @@ def multilabel_metrics(logits_NxC: np.ndarray, y_NxC: np.ndarray) -> dict[str, f
     fp_C = np.sum(pred_NxC & ~true_NxC, axis=0).astype(np.float64)
     fn_C = np.sum(~pred_NxC & true_NxC, axis=0).astype(np.float64)
     f1_C = np.nan_to_num(_f1_per_class(tp_C, fp_C, fn_C))
-    micro = np.nan_to_num(
-        _f1_per_class(tp_C.sum(keepdims=True), fp_C.sum(keepdims=True), fn_C.sum(keepdims=True))
-    )
+    micro = np.nan_to_num(_f1_per_class(tp_C.sum(), fp_C.sum(), fn_C.sum()))
     support_C = tp_C + fn_C
     inter_N = np.sum(pred_NxC & true_NxC, axis=1)
     sizes_N = np.sum(pred_NxC, axis=1) + np.sum(true_NxC, axis=1)
@@ -149,11 +143,9 @@ def multilabel_metrics(logits_NxC: np.ndarray, y_NxC: np.ndarray) -> dict[str, f
     return {
         "accuracy": float(np.mean(pred_NxC == true_NxC)),
         "subset_accuracy": float(np.mean(np.all(pred_NxC == true_NxC, axis=1))),
-        "micro_f1": float(micro[0]),
+        "micro_f1": float(micro),
         "macro_f1": float(np.mean(f1_C)),
-        "weighted_f1": float(np.sum(f1_C * support_C) / support_C.sum())
-        if support_C.sum()
-        else 0.0,
+        "weighted_f1": float(np.sum(f1_C * support_C) / max(support_C.sum(), 1.0)),
         "samples_f1": float(np.mean(samples_N)),
     }
 
@@ -171,15 +163,17 @@ def pearson(x_N: np.ndarray, y_N: np.ndarray) -> float:
     return float(np.sum(x_N * y_N) / denom) if denom > 0 else 0.0
 
 
-def _weighted_f1_binary(pred_N: np.ndarray, true_N: np.ndarray) -> float:
-    """sklearn's `f1_score(average="weighted")` for two classes (bool arrays)."""
+def _binary_acc_f1(pred_N: np.ndarray, true_N: np.ndarray) -> tuple[float, float]:
+    """Accuracy and sklearn's `f1_score(average="weighted")` of bool arrays; nan if empty."""
+    if not len(true_N):
+        return float("nan"), float("nan")
     total = 0.0
     for cls in (False, True):
         p, t = pred_N == cls, true_N == cls
         tp, fp, fn = np.sum(p & t), np.sum(p & ~t), np.sum(~p & t)
         if tp + fn:  # classes without true support have weight 0
             total += (tp + fn) * 2 * tp / (2 * tp + fp + fn)
-    return float(total / len(true_N))
+    return float(np.mean(pred_N == true_N)), float(total / len(true_N))
 
 
 def regression_metrics(pred_N: np.ndarray, y_N: np.ndarray) -> dict[str, float]:
@@ -195,12 +189,8 @@ def regression_metrics(pred_N: np.ndarray, y_N: np.ndarray) -> dict[str, float]:
     Accepts (N,) or (N, 1) predictions and labels.
     """
     # Why squeeze: the regression head emits (N, 1) while labels are (N,).
-    pred_N = np.asarray(pred_N, dtype=np.float64)
-    y_N = np.asarray(y_N, dtype=np.float64)
-    if pred_N.ndim == 2 and pred_N.shape[1] == 1:
-        pred_N = pred_N[:, 0]
-    if y_N.ndim == 2 and y_N.shape[1] == 1:
-        y_N = y_N[:, 0]
+    pred_N, y_N = (np.asarray(a, dtype=np.float64) for a in (pred_N, y_N))
+    pred_N, y_N = (a[:, 0] if a.shape[1:] == (1,) else a for a in (pred_N, y_N))
     _check_pair(pred_N, y_N, "pred_N", "y_N")
     if pred_N.ndim != 1:
         raise ValueError(f"pred_N must be (N,) or (N, 1), got shape {pred_N.shape}")
@@ -210,11 +200,9 @@ def regression_metrics(pred_N: np.ndarray, y_N: np.ndarray) -> dict[str, float]:
         "mae": float(np.mean(np.abs(err))),
         "mse": float(np.mean(err**2)),
         "pearson": pearson(pred_N, y_N),
-        "acc2": float(np.mean((pred_N[nz] > 0) == (y_N[nz] > 0))) if nz.any() else float("nan"),
-        "f1_2": _weighted_f1_binary(pred_N[nz] > 0, y_N[nz] > 0) if nz.any() else float("nan"),
-        "acc2_nonneg": float(np.mean((pred_N >= 0) == (y_N >= 0))),
-        "f1_2_nonneg": _weighted_f1_binary(pred_N >= 0, y_N >= 0),
     }
+    out["acc2"], out["f1_2"] = _binary_acc_f1(pred_N[nz] > 0, y_N[nz] > 0)
+    out["acc2_nonneg"], out["f1_2_nonneg"] = _binary_acc_f1(pred_N >= 0, y_N >= 0)
     for name, bound in (("acc7", 3.0), ("acc5", 2.0)):
         classes = [np.round(np.clip(v, -bound, bound)) for v in (pred_N, y_N)]
         out[name] = float(np.mean(classes[0] == classes[1]))

@@ -23,6 +23,7 @@ The model is the best-on-validation checkpoint of the run (`<workdir>/best`);
 """
 
 import dataclasses
+import io
 import json
 import os
 import sys
@@ -34,7 +35,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from robult_jax import checkpointing, evaluate, models, objective, parallel, tasks, train
+from robult_jax import checkpointing, evaluate, models, objective, parallel, report, tasks, train
 from robult_jax import config as config_lib
 from robult_jax.data import arrays
 from robult_jax.data.types import DatasetSpec, ModalitySpec, Split
@@ -63,18 +64,10 @@ def _train_hint(workdir: str) -> str:
 
 
 def _read_spec(path: str) -> DatasetSpec:
+    """The inverse of `train.spec_to_dict` (DatasetSpec turns the lists into tuples)."""
     with open(path) as f:
         d = json.load(f)
-    return DatasetSpec(
-        name=d["name"],
-        modalities=tuple(
-            ModalitySpec(m["name"], tuple(m["shape"]), m["kind"]) for m in d["modalities"]
-        ),
-        task=d["task"],
-        num_outputs=d["num_outputs"],
-        class_names=tuple(d["class_names"]),
-        variant=d.get("variant", ""),
-    )
+    return DatasetSpec(**{**d, "modalities": [ModalitySpec(**m) for m in d["modalities"]]})
 
 
 def _read_stats(path: str) -> dict[str, dict[str, np.ndarray]] | None:
@@ -174,8 +167,7 @@ def predict_arrays(
     where = where or (lambda key: f"inputs[{key!r}]")
     spec = trained.spec
     names = list(spec.modality_names)
-    given = [name for name in names if name in inputs]
-    sizes = {where(k): len(np.asarray(inputs[k])) for k in given}
+    sizes = {where(k): len(np.asarray(inputs[k])) for k in names if k in inputs}
     if mask is not None:
         sizes[where("mask")] = len(np.asarray(mask))
     if len(set(sizes.values())) > 1:
@@ -214,15 +206,11 @@ def predict_arrays(
         xs[m.name], present_NxM[:, j] = arrays.prepare(x, present_NxM[:, j], stats.get(m.name))
 
     split = Split(inputs=xs, labels=np.zeros(n, np.int32), mask=present_NxM)
-    ndev = trained.mesh.devices.size
+    mesh = trained.mesh
+    ndev = mesh.devices.size
     batch_size = -(-trained.config.eval.batch_size // ndev) * ndev  # a multiple of the devices
     logits = evaluate.predict_split(
-        trained.predict_fn,
-        trained.params,
-        split,
-        present_NxM,
-        batch_size=batch_size,
-        mesh=trained.mesh,
+        trained.predict_fn, trained.params, split, present_NxM, batch_size=batch_size, mesh=mesh
     ).astype(np.float32)
     probs, preds = tasks.get(spec.task).outputs(logits)
     class_names = spec.class_names
@@ -234,9 +222,7 @@ def predict_arrays(
         "logits": logits,
         "mask": present_NxM,
         "modality_names": np.array(names),
-        "class_names": np.array(
-            class_names if spec.task != "regression" else spec.class_names, dtype=str
-        ),
+        "class_names": np.array(class_names, dtype=str),
     }
 
 
@@ -256,10 +242,9 @@ def predict_file(trained: Trained, path: str, *, mask_key: str = "mask") -> dict
 
 def write_predictions(path: str, result: dict[str, np.ndarray]) -> None:
     """Writes `result` as a .npz (atomically: a failed write leaves no partial file)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **result)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.savez(buf, **result)
+    report.atomic_write(path, buf.getvalue())
 
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a finished training run.")

@@ -8,9 +8,8 @@ method, label_rate, seeds, commit, mask hashes, ...) plus two sections
 
 where a metric value is a float (one run) or `{"mean", "std", "values"}`
 (aggregated over seeds by `aggregate_runs`). Keys of `random_missing` are rate
-strings (`f"{rate:g}"`, as `evaluate` writes them). Every file is written to a
-temp file and renamed into place, so a crash never leaves a truncated results
-file behind.
+strings (`f"{rate:g}"`, as `evaluate` writes them). Every file is written with
+`atomic_write`, so a crash never leaves a truncated results file behind.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import math
 import os
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,13 +31,16 @@ from robult_jax.metrics import mean_std
 SECTIONS = ("subsets", "random_missing")
 # Present only when the config asks for it (eval.per_modality_rates).
 OPTIONAL_SECTIONS = ("per_modality_missing",)
+# Long provenance fields kept out of the Markdown header (they stay in results.json).
+_JSON_ONLY = ("config", "mask_hashes")
 _log = logging.getLogger(__name__)
 
 
-# ----------------------------------------------------------------- helpers
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Writes `data` to a temp file beside `path`, then renames it over `path`.
 
-
-def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    Why: a crash mid-write leaves the old file (or none), never a truncated one.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
@@ -50,6 +52,9 @@ def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+# ----------------------------------------------------------------- helpers
 
 
 def _to_jsonable(obj: Any) -> Any:
@@ -84,23 +89,30 @@ def _mean_std_of(value: Any) -> tuple[float, float | None]:
     return float(value), None
 
 
-def _cell(value: Any, digits: int = 3) -> str:
+def _means_and_errors(values: Iterable[Any]) -> tuple[list[float], list[float] | None]:
+    """Means, and stds as error bars (None when no value has a spread)."""
+    pairs = [_mean_std_of(v) for v in values]
+    errors = [s or 0.0 for _, s in pairs]
+    return [m for m, _ in pairs], errors if any(errors) else None
+
+
+def _cell(value: Any, digits: int) -> str:
     if value is None:
         return "n/a"
     mean, std = _mean_std_of(value)
     return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} +/- {std:.{digits}f}"
 
 
+def _table(corner: str, columns: Collection[str], rows: list[tuple[str, list]], digits: int) -> str:
+    """Markdown table; each row is (label, one metric value or None per column)."""
+    lines = [f"| {corner} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for label, values in rows:
+        lines.append(f"| {label} | " + " | ".join(_cell(v, digits) for v in values) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _sorted_rates(section: Mapping[str, Any]) -> list[tuple[float, str]]:
     return sorted((float(k), k) for k in section)
-
-
-def _metric_names(results: Mapping[str, Any]) -> list[str]:
-    names: list[str] = []
-    for section in SECTIONS:
-        for metrics in results[section].values():
-            names.extend(m for m in metrics if m not in names)
-    return names
 
 
 def _new_figure(width: float, height: float, ncols: int = 1):
@@ -121,24 +133,22 @@ def _png_bytes(fig) -> bytes:
     return buf.getvalue()
 
 
-def _plot_rate_curve(ax, section: Mapping[str, Any], metric: str, label: str) -> bool:
-    points = [(r, section[k][metric]) for r, k in _sorted_rates(section) if metric in section[k]]
-    if not points:
-        return False
-    xs = [r for r, _ in points]
-    ms = [_mean_std_of(v) for _, v in points]
-    yerr = [s if s is not None else 0.0 for _, s in ms]
-    ax.errorbar(
-        xs, [m for m, _ in ms], yerr=yerr if any(yerr) else None, marker="o", capsize=3, label=label
-    )
-    return True
+def _plot_rate_curves(ax, sections: Mapping[str, Mapping[str, Any]], metric: str) -> bool:
+    """One line per label of `metric` vs missing rate; False if no section has `metric`."""
+    drawn = False
+    for label, section in sections.items():
+        points = [(r, k) for r, k in _sorted_rates(section) if metric in section[k]]
+        if points:
+            means, errors = _means_and_errors(section[k][metric] for _, k in points)
+            xs = [r for r, _ in points]
+            ax.errorbar(xs, means, yerr=errors, marker="o", capsize=3, label=label)
+            drawn = True
+    ax.set(xlabel="missing rate", ylabel=metric, title=f"{metric} vs missing rate")
+    ax.grid(alpha=0.3)
+    return drawn
 
 
 # ------------------------------------------------------------- single run
-
-
-# Long provenance fields kept out of the Markdown header (they stay in results.json).
-_JSON_ONLY = ("config", "mask_hashes")
 
 
 def results_markdown(results: Mapping[str, Any], *, digits: int = 3) -> str:
@@ -146,48 +156,38 @@ def results_markdown(results: Mapping[str, Any], *, digits: int = 3) -> str:
     _check_results(results)
     lines = [f"# Results: {results.get('dataset', '?')} / {results.get('method', '?')}", ""]
     for key, value in _provenance(results).items():
-        if key in _JSON_ONLY:
-            continue
-        text = value if isinstance(value, str) else json.dumps(_to_jsonable(value))
-        lines.append(f"- **{key}**: {text}")
+        if key not in _JSON_ONLY:
+            text = value if isinstance(value, str) else json.dumps(_to_jsonable(value))
+            lines.append(f"- **{key}**: {text}")
     if any(key in results for key in _JSON_ONLY):
         lines.append("- the full config and the hash of every mask are in results.json")
-    metrics = _metric_names(results)
-    lines += ["", "| condition | " + " | ".join(metrics) + " |"]
-    lines.append("|---" * (len(metrics) + 1) + "|")
-    rows = [(f"subset {name}", m) for name, m in results["subsets"].items()]
-    rows += [
+    conditions = [(f"subset {name}", m) for name, m in results["subsets"].items()]
+    conditions += [
         (f"missing rate {k}", results["random_missing"][k])
         for _, k in _sorted_rates(results["random_missing"])
     ]
-    rows += [
-        (f"missing per modality {k}", v) for k, v in results.get("per_modality_missing", {}).items()
+    conditions += [
+        (f"missing per modality {k}", m) for k, m in results.get("per_modality_missing", {}).items()
     ]
-    for label, values in rows:
-        cells = [_cell(values.get(m), digits) for m in metrics]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    # Columns: every metric of the two sections, in order of first appearance.
+    metrics = dict.fromkeys(m for s in SECTIONS for ms in results[s].values() for m in ms)
+    rows = [(label, [values.get(m) for m in metrics]) for label, values in conditions]
+    return "\n".join(lines) + "\n\n" + _table("condition", metrics, rows, digits)
 
 
 def _plot_results_png(results: Mapping[str, Any], metric: str) -> bytes:
     subsets = results["subsets"]
-    fig, axes = _new_figure(11, 4 + 0.12 * len(subsets), ncols=2)
-    ax = axes[0]
-    if not _plot_rate_curve(
-        ax, results["random_missing"], metric, str(results.get("method", "run"))
-    ):
+    fig, (ax, bar_ax) = _new_figure(11, 4 + 0.12 * len(subsets), ncols=2)
+    label = str(results.get("method", "run"))
+    if not _plot_rate_curves(ax, {label: results["random_missing"]}, metric):
         ax.text(0.5, 0.5, f"no {metric} under random missingness", ha="center", va="center")
-    ax.set(xlabel="missing rate", ylabel=metric, title=f"{metric} vs missing rate")
-    ax.grid(alpha=0.3)
-    ax = axes[1]
     names = [n for n in subsets if metric in subsets[n]]
     if names:
-        ms = [_mean_std_of(subsets[n][metric]) for n in names]
-        xerr = [s if s is not None else 0.0 for _, s in ms]
-        ax.barh(range(len(names)), [m for m, _ in ms], xerr=xerr if any(xerr) else None)
-        ax.set_yticks(range(len(names)), names, fontsize=7)
-        ax.invert_yaxis()
-    ax.set(xlabel=metric, title="present modalities")
+        means, errors = _means_and_errors(subsets[n][metric] for n in names)
+        bar_ax.barh(range(len(names)), means, xerr=errors)
+        bar_ax.set_yticks(range(len(names)), names, fontsize=7)
+        bar_ax.invert_yaxis()
+    bar_ax.set(xlabel=metric, title="present modalities")
     return _png_bytes(fig)
 
 
@@ -210,22 +210,13 @@ def write_results(
             old = None
         if old != _provenance(results):
             _log.warning("replacing %s written by another run (provenance %s)", paths["json"], old)
-    payload = json.dumps(results, indent=2, allow_nan=True) + "\n"
-    _atomic_write_bytes(paths["json"], payload.encode())
-    _atomic_write_bytes(paths["md"], results_markdown(results).encode())
-    _atomic_write_bytes(paths["png"], _plot_results_png(results, metric))
+    atomic_write(paths["json"], (json.dumps(results, indent=2, allow_nan=True) + "\n").encode())
+    atomic_write(paths["md"], results_markdown(results).encode())
+    atomic_write(paths["png"], _plot_results_png(results, metric))
     return paths
 
 
 # ------------------------------------------------------ seeds and methods
-
-
-def _run_values(value: Any) -> list[float]:
-    # An already-aggregated value contributes its per-seed values, so
-    # aggregating aggregates pools seeds instead of averaging means.
-    if isinstance(value, Mapping):
-        return [float(v) for v in value["values"]]
-    return [float(value)]
 
 
 def aggregate_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -233,7 +224,9 @@ def aggregate_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
     All runs must have the same conditions and metrics. Provenance fields equal
     in every run are kept; fields that differ (e.g. `seed`, `commit`) become the
-    list of per-run values; `num_runs` is added.
+    list of per-run values; `num_runs` is added. An already-aggregated run
+    contributes its per-seed values, so aggregating aggregates pools seeds
+    instead of averaging means.
     """
     if not runs:
         raise ValueError("aggregate_runs needs at least one results dict")
@@ -241,12 +234,9 @@ def aggregate_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         _check_results(r)
     first = runs[0]
     out: dict[str, Any] = {}
-    keys = [k for r in runs for k in _provenance(r)]
-    for key in dict.fromkeys(keys):
+    for key in dict.fromkeys(k for r in runs for k in _provenance(r)):
         vals = [_to_jsonable(r.get(key)) for r in runs]
-        same = all(
-            json.dumps(v, sort_keys=True) == json.dumps(vals[0], sort_keys=True) for v in vals
-        )
+        same = len({json.dumps(v, sort_keys=True) for v in vals}) == 1
         out[key] = vals[0] if same else vals
     out["num_runs"] = len(runs)
     for section in SECTIONS:
@@ -257,12 +247,14 @@ def aggregate_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 pooled: list[float] = []
                 for i, r in enumerate(runs):
                     try:
-                        pooled += _run_values(r[section][cond][metric])
+                        value = r[section][cond][metric]
+                        pooled += value["values"] if isinstance(value, Mapping) else [value]
                     except KeyError as e:
                         raise ValueError(
                             f"run {i} lacks results[{section!r}][{cond!r}][{metric!r}]; "
                             "all runs must share conditions and metrics"
                         ) from e
+                pooled = [float(v) for v in pooled]
                 mean, std = mean_std(pooled)
                 out[section][cond][metric] = {"mean": mean, "std": std, "values": pooled}
         for i, r in enumerate(runs):
@@ -272,11 +264,12 @@ def aggregate_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _find_rate(section: Mapping[str, Any], rate: float) -> str | None:
+def _at_rate(section: Mapping[str, Any], rate: float) -> Mapping[str, Any]:
+    """The metrics of the rate key equal to `rate` as a float; {} if there is none."""
     for r, key in _sorted_rates(section):
         if math.isclose(r, rate, abs_tol=1e-9):
-            return key
-    return None
+            return section[key]
+    return {}
 
 
 def comparison_table(
@@ -291,24 +284,13 @@ def comparison_table(
     Each cell is "mean +/- std" of `metric` over that method's runs, "n/a" when
     the method lacks the condition.
     """
-    if not runs_by_method:
-        raise ValueError("runs_by_method must name at least one method")
-    agg = {method: aggregate_runs(runs) for method, runs in runs_by_method.items()}
-    subsets = list(dict.fromkeys(s for a in agg.values() for s in a["subsets"]))
-    rows: list[tuple[str, dict[str, Any]]] = []
-    for name in subsets:
-        rows.append((f"subset {name}", {m: a["subsets"].get(name) for m, a in agg.items()}))
+    agg = [aggregate_runs(runs) for runs in runs_by_method.values()]
+    subsets = dict.fromkeys(s for a in agg for s in a["subsets"])
+    rows = [(f"subset {s}", [a["subsets"].get(s, {}).get(metric) for a in agg]) for s in subsets]
     for rate in rates:
-        cells = {}
-        for m, a in agg.items():
-            key = _find_rate(a["random_missing"], rate)
-            cells[m] = None if key is None else a["random_missing"][key]
+        cells = [_at_rate(a["random_missing"], rate).get(metric) for a in agg]
         rows.append((f"missing rate {rate:g}", cells))
-    lines = [f"| {metric} | " + " | ".join(agg) + " |", "|---" * (len(agg) + 1) + "|"]
-    for label, cells in rows:
-        texts = [_cell(None if c is None else c.get(metric), digits) for c in cells.values()]
-        lines.append(f"| {label} | " + " | ".join(texts) + " |")
-    return "\n".join(lines) + "\n"
+    return _table(metric, runs_by_method, rows, digits)
 
 
 def plot_comparison(
@@ -318,15 +300,11 @@ def plot_comparison(
     metric: str = "accuracy",
 ) -> None:
     """PNG of `metric` vs missing rate: one line per method, error bars = std over runs."""
-    if not runs_by_method:
-        raise ValueError("runs_by_method must name at least one method")
     fig, (ax,) = _new_figure(6, 4)
-    for method, runs in runs_by_method.items():
-        _plot_rate_curve(ax, aggregate_runs(runs)["random_missing"], metric, method)
-    ax.set(xlabel="missing rate", ylabel=metric, title=f"{metric} vs missing rate")
-    ax.grid(alpha=0.3)
+    sections = {m: aggregate_runs(runs)["random_missing"] for m, runs in runs_by_method.items()}
+    _plot_rate_curves(ax, sections, metric)
     ax.legend()
-    _atomic_write_bytes(path, _png_bytes(fig))
+    atomic_write(path, _png_bytes(fig))
 
 
 def git_commit(path: str | os.PathLike | None = None) -> str:

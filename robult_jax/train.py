@@ -6,6 +6,7 @@ dropout, parameter init, dropout) is a function of the seed and the step, so a
 resumed run produces exactly the states an uninterrupted one would.
 """
 
+import io
 import json
 import os
 import time
@@ -84,16 +85,15 @@ def write_dataset_artifacts(workdir: str, dataset) -> None:
     input_stats.npz: the normalisation the loader applied, keys "<modality>/mean"
     and "<modality>/std" (absent when the loader normalises nothing).
     """
-    tmp = os.path.join(workdir, "dataset_spec.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(spec_to_dict(dataset.spec), f, indent=2)
-    os.replace(tmp, os.path.join(workdir, "dataset_spec.json"))
+    spec_json = json.dumps(spec_to_dict(dataset.spec), indent=2)
+    report.atomic_write(os.path.join(workdir, "dataset_spec.json"), spec_json.encode())
     stats = getattr(dataset, "input_stats", None)
     if stats:
-        arrays = {f"{name}/{k}": np.asarray(v) for name, d in stats.items() for k, v in d.items()}
-        tmp = os.path.join(workdir, "input_stats.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, os.path.join(workdir, "input_stats.npz"))
+        buffer = io.BytesIO()
+        np.savez(
+            buffer, **{f"{m}/{k}": np.asarray(v) for m, d in stats.items() for k, v in d.items()}
+        )
+        report.atomic_write(os.path.join(workdir, "input_stats.npz"), buffer.getvalue())
 
 
 def _label_split(sampling: config_lib.SamplingConfig, dataset, workdir: str) -> np.ndarray:
@@ -291,7 +291,7 @@ def _final_evaluation(cfg, config, dataset, task, predict, params, eval_kw, mask
         "mask_hashes": hashes,
         "subset_mask_hash": masks_lib.mask_hash(masks_lib.all_subsets(len(spec.modalities))),
         "commit": report.git_commit(),
-        "config": json.loads(config.to_json_best_effort()),
+        "config": checkpointing.config_to_dict(config),
         "subsets": subsets,
         "random_missing": random_missing,
         **({"per_modality_missing": per_modality} if cfg.eval.per_modality_rates else {}),

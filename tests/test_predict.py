@@ -80,13 +80,14 @@ def _test_rows(data: dict, *keys: str) -> dict:
 def _trainer_logits(run, mask_NxM: np.ndarray) -> np.ndarray:
     """The trainer's own evaluation path on the loaded (normalised) test split."""
     dataset = load_dataset(run.config.data)
+    mesh = parallel.make_mesh()
     return evaluate.predict_split(
-        evaluate.make_predict_fn(run.trained.model),
+        evaluate.make_predict_fn(run.trained.model, mesh),
         run.trained.params,
         dataset.test,
         mask_NxM,
         batch_size=run.config.eval.batch_size,
-        mesh=parallel.make_mesh(),
+        mesh=mesh,
     )
 
 
