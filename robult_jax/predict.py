@@ -64,7 +64,7 @@ def _train_hint(workdir: str) -> str:
 
 
 def _read_spec(path: str) -> DatasetSpec:
-    """The inverse of `train.spec_to_dict` (DatasetSpec turns the lists into tuples)."""
+    """The inverse of `dataclasses.asdict` in `train.write_dataset_artifacts`."""
     with open(path) as f:
         d = json.load(f)
     return DatasetSpec(**{**d, "modalities": [ModalitySpec(**m) for m in d["modalities"]]})

@@ -6,6 +6,7 @@ dropout, parameter init, dropout) is a function of the seed and the step, so a
 resumed run produces exactly the states an uninterrupted one would.
 """
 
+import dataclasses
 import io
 import json
 import os
@@ -65,19 +66,6 @@ def init_state(
     )(key)
 
 
-def spec_to_dict(spec) -> dict:
-    return {
-        "name": spec.name,
-        "modalities": [
-            {"name": m.name, "shape": list(m.shape), "kind": m.kind} for m in spec.modalities
-        ],
-        "task": spec.task,
-        "num_outputs": spec.num_outputs,
-        "class_names": list(spec.class_names),
-        "variant": spec.variant,
-    }
-
-
 def write_dataset_artifacts(workdir: str, dataset) -> None:
     """What `robult_jax.predict` needs to use the model without the training data.
 
@@ -85,7 +73,7 @@ def write_dataset_artifacts(workdir: str, dataset) -> None:
     input_stats.npz: the normalisation the loader applied, keys "<modality>/mean"
     and "<modality>/std" (absent when the loader normalises nothing).
     """
-    spec_json = json.dumps(spec_to_dict(dataset.spec), indent=2)
+    spec_json = json.dumps(dataclasses.asdict(dataset.spec), indent=2)
     report.atomic_write(os.path.join(workdir, "dataset_spec.json"), spec_json.encode())
     stats = getattr(dataset, "input_stats", None)
     if stats:

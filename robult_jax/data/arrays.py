@@ -2,46 +2,18 @@
 
 Shape legend: N samples (rows), M modalities, C classes (or outputs).
 
-File layout (the key names are config fields, defaults shown):
+docs/own_data.md documents the file layout and the `data.` fields. In short:
+one (N, *shape) array per name in `data.modalities` (NaN anywhere in a
+sample's array marks that modality missing for that sample; its values are
+then zeroed), the labels, an optional (N, M) mask (True = present, columns in
+the sorted order of the modality names, that of `Dataset.spec.modalities`)
+and an optional (N,) split; without one, the rows are split at random with
+seed `data.split_seed`, stratified by class for multiclass. Files are read
+with `allow_pickle=False`.
 
-  <modality>  (N, *shape) numbers, one array per name in `data.modalities`.
-              NaN anywhere in a sample's array marks that modality missing for
-              that sample (its values are then zeroed; the model never reads them).
-  labels      multiclass: (N,) integer class ids 0..C-1, or (N,) strings (the
-              classes are then the sorted distinct strings); multilabel: (N, C)
-              of 0/1; regression: (N,) finite floats.
-  mask        optional (N, M) bool (or 0/1): True = modality present. Columns
-              follow the modality names sorted alphabetically (the order of
-              `Dataset.spec.modalities`). Missing = mask False OR any NaN.
-  split       optional (N,) strings "train" / "validation" / "test" or ints
-              0 / 1 / 2. Without it the rows are split at random with seed
-              `data.split_seed`, stratified by class for multiclass.
-
-A directory holds the same arrays as `<key>.npy` files, e.g. `acc.npy`,
-`labels.npy`. Files are read with `allow_pickle=False`: save numbers or
-fixed-width strings (`np.asarray(x, dtype=str)`), not Python objects.
-
-With `data.normalize`, each modality is standardised per feature (the last
-axis: features of a vector, channels of a time series or image) with mean and
-std fitted on the train split's *present* entries only, recorded in
-`Dataset.input_stats` (and so in `<workdir>/input_stats.npz` for
-`robult_jax.predict`). The last channel of a "sequence" modality (its validity
-flag) is left as it is.
-
-Data config fields read (`data.`):
-  path:          the .npz file or the directory of .npy files (required).
-  modalities:    ConfigDict name -> kind ("vector" (F,) | "timeseries" (T, F) |
-                 "image" (H, W[, C]) | "sequence" (T, F + 1)); per-sample shapes
-                 are read from the arrays.
-  label_key:     name of the labels array (default "labels").
-  mask_key:      name of the optional mask array (default "mask"; "" = never read).
-  split_key:     name of the optional split array (default "split"; "" = never read).
-  val_fraction, test_fraction: of all rows, for the random split (default 0.2 each).
-  split_seed:    seed of the random split (default 0).
-  task:          "multiclass" (default) | "multilabel" | "regression".
-  num_classes:   0 = inferred from the labels.
-  class_names:   optional names of the classes (default: the label strings, or "0".."C-1").
-  normalize:     standardise inputs as above (default True).
+With `data.normalize`, each modality is standardised per feature (see
+`normalize`) with mean and std fitted on the train split's *present* entries
+only, recorded in `Dataset.input_stats` for `robult_jax.predict`.
 """
 
 from __future__ import annotations

@@ -224,53 +224,37 @@ def make_utterance_pool(
     return {key: np.stack(values) for key, values in pool.items()}
 
 
-class RobultAvDigits(tfds.core.GeneratorBasedBuilder):
+class RobultAvDigits(tfds_io.PackagedBuilder):
     """tfds builder for av_digits pairs (array_record, no TensorFlow needed)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {
         "1.0.0": f"{VARIANT}; log-mel {AUDIO_SHAPE}, n_fft {speech.N_FFT}, hop {speech.HOP}."
     }
+    HOMEPAGE = "https://github.com/espeak-ng/espeak-ng"
+    CITATION = "Images: LeCun et al. 1998 (MNIST). Audio: eSpeak NG synthesis."
+    LICENSE = "Images: MNIST terms; audio: generated."
+    find_source = staticmethod(find_mnist_source)
 
-    def __init__(
-        self, *, sizes: Sizes = Sizes(), source_path: str | None = None,
-        synth_fn: SynthFn | None = None, **kwargs: Any,
-    ):  # fmt: skip
+    def __init__(self, *, sizes: Sizes = Sizes(), synth_fn: SynthFn | None = None, **kwargs: Any):
         self._sizes = sizes
-        self._source_path = source_path
         self._synth_fn = synth_fn
-        kwargs.setdefault("file_format", "array_record")
         kwargs.setdefault(
             "config", tfds.core.BuilderConfig(name=sizes.config_name, description=VARIANT)
         )
         super().__init__(**kwargs)
 
-    @property
-    def source_path(self) -> str:
-        return self._source_path or find_mnist_source()
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.float32),
-                    "audio": tfds.features.Tensor(shape=AUDIO_SHAPE, dtype=np.float32),
-                    "label": tfds.features.ClassLabel(names=list(WORDS)),
-                    "mnist_index": tfds.features.Tensor(shape=(), dtype=np.int32),
-                    "utterance": tfds.features.Tensor(shape=(), dtype=np.int32),
-                    "voice": tfds.features.Text(),
-                    "rate": tfds.features.Tensor(shape=(), dtype=np.int32),
-                    "pitch": tfds.features.Tensor(shape=(), dtype=np.int32),
-                }
-            ),
-            disable_shuffling=True,  # generation order, so loads are reproducible
-            metadata=tfds.core.MetadataDict(),
-            homepage="https://github.com/espeak-ng/espeak-ng",
-            citation="Images: LeCun et al. 1998 (MNIST). Audio: eSpeak NG synthesis.",
-            license="Images: MNIST terms; audio: generated.",
-        )
+    def _features(self) -> dict[str, Any]:
+        return {
+            "image": tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.float32),
+            "audio": tfds.features.Tensor(shape=AUDIO_SHAPE, dtype=np.float32),
+            "label": tfds.features.ClassLabel(names=list(WORDS)),
+            "mnist_index": tfds.features.Tensor(shape=(), dtype=np.int32),
+            "utterance": tfds.features.Tensor(shape=(), dtype=np.int32),
+            "voice": tfds.features.Text(),
+            "rate": tfds.features.Tensor(shape=(), dtype=np.int32),
+            "pitch": tfds.features.Tensor(shape=(), dtype=np.int32),
+        }
 
     def _split_generators(self, dl_manager):
         del dl_manager  # local files, nothing to download
@@ -332,22 +316,10 @@ def build_av_digits(
             data_dir=data_dir, sizes=sizes, source_path=src, synth_fn=synth_fn
         ),
         source=source_path,
-        find_source=find_mnist_source,
-        check_source=_check_source,
+        digest=tfds_io.file_sha256,
+        other_source="a different MNIST file than",
         dataset="av_digits",
     )
-
-
-def _check_source(builder: RobultAvDigits, source_path: str | None) -> None:
-    try:
-        path = source_path or find_mnist_source()
-    except (ModuleNotFoundError, FileNotFoundError):
-        return  # already built; the source is not needed to load it
-    if builder.info.metadata.get("source_sha256") != tfds_io.file_sha256(path):
-        raise ValueError(
-            f"The cached av_digits dataset in {builder.data_dir} was built from a different "
-            f"MNIST file than {path}. Delete {builder.data_dir} to rebuild it."
-        )
 
 
 def load_split_arrays(builder: RobultAvDigits, split: str) -> dict[str, np.ndarray]:
@@ -378,8 +350,7 @@ def load_av_digits(
             "image": ((a["image"] - img_mu) / img_sd).astype(np.float32),
             "audio": ((a["audio"] - aud_mu) / aud_sd).astype(np.float32),
         }
-        labels = a["label"].astype(np.int32)
         # Both modalities exist for every pair; missingness is simulated later.
-        return Split(inputs=inputs, labels=labels, mask=np.ones((len(labels), 2), bool))
+        return Split.complete(inputs, a["label"].astype(np.int32))
 
     return Dataset(AV_DIGITS_SPEC, *(to_split(arrays[split]) for split in MNIST_SIZES))

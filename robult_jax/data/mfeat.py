@@ -156,12 +156,15 @@ def read_mfeat_source(source_dir: str) -> tuple[dict[str, np.ndarray], np.ndarra
     return features, labels
 
 
-def source_sha256(source_dir: str) -> str:
-    """One digest over the six files, in VIEWS order."""
+def source_sha256(source_dir: str) -> str | None:
+    """One digest over the six files, in VIEWS order; None if one is missing."""
     h = hashlib.sha256()
-    for view in VIEWS:
-        with open(view_path(source_dir, view), "rb") as f:
-            h.update(hashlib.sha256(f.read()).digest())
+    try:
+        for view in VIEWS:
+            with open(view_path(source_dir, view), "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
+    except FileNotFoundError:
+        return None
     return h.hexdigest()
 
 
@@ -181,8 +184,8 @@ def stratified_split(labels: np.ndarray, seed: int = SPLIT_SEED) -> dict[str, np
     return {s: np.sort(np.concatenate(parts[s])).astype(np.int64) for s in SPLITS}
 
 
-class RobultMfeat(tfds.core.GeneratorBasedBuilder):
-    """tfds builder for mfeat (array_record, no TensorFlow needed)."""
+class RobultMfeat(tfds_io.PackagedBuilder):
+    """tfds builder for mfeat (array_record, no TensorFlow needed); source_path: the CSV folder."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {
@@ -191,45 +194,32 @@ class RobultMfeat(tfds.core.GeneratorBasedBuilder):
             f"{SPLIT_FRACTIONS}, numpy default_rng seed {SPLIT_SEED}."
         )
     }
+    HOMEPAGE = "https://archive.ics.uci.edu/dataset/72/multiple+features"
+    CITATION = (
+        "Duin, R. Multiple Features [Dataset]. UCI ML Repository, https://doi.org/10.24432/C5HC70."
+    )
+    LICENSE = "CC-BY-4.0"
+    find_source = staticmethod(find_mfeat_source)
 
-    def __init__(self, *, source_dir: str | None = None, **kwargs: Any):
-        self._source_dir = source_dir
-        kwargs.setdefault("file_format", "array_record")
-        super().__init__(**kwargs)
-
-    @property
-    def source_dir(self) -> str:
-        return self._source_dir or find_mfeat_source()
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        # `dataset_info_from_configs` expects package metadata files; we have none.
+    def _features(self) -> dict[str, Any]:
         features = {
             name: tfds.features.Tensor(shape=(width,), dtype=np.float32)
             for name, width in VIEWS.items()
         }
         features["label"] = tfds.features.ClassLabel(names=list(CLASS_NAMES))
         features["index"] = tfds.features.Tensor(shape=(), dtype=np.int32)  # row in the CSVs
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict(features),
-            # Keep source row order so loads are reproducible.
-            disable_shuffling=True,
-            metadata=tfds.core.MetadataDict(),
-            homepage="https://archive.ics.uci.edu/dataset/72/multiple+features",
-            citation="Duin, R. Multiple Features [Dataset]. UCI ML Repository, "
-            "https://doi.org/10.24432/C5HC70.",
-            license="CC-BY-4.0",
-        )
+        return features
 
     def _split_generators(self, dl_manager):
         del dl_manager  # local files, nothing to download
-        source_dir = self.source_dir
+        source_dir = self.source_path
         features, labels = read_mfeat_source(source_dir)
         # Recorded so that a cache built from other files is detected on load.
-        self.info.metadata["source_sha256"] = source_sha256(source_dir)
-        self.info.metadata["split_seed"] = SPLIT_SEED
-        self.info.metadata["split_fractions"] = list(SPLIT_FRACTIONS)
+        self.info.metadata.update(
+            source_sha256=source_sha256(source_dir),
+            split_seed=SPLIT_SEED,
+            split_fractions=list(SPLIT_FRACTIONS),
+        )
         rows = stratified_split(labels)
         return {s: self._generate_examples(features, labels, rows[s]) for s in SPLITS}
 
@@ -244,38 +234,20 @@ class RobultMfeat(tfds.core.GeneratorBasedBuilder):
 def build_mfeat(data_dir: str, source_dir: str | None = None) -> RobultMfeat:
     """Builds the dataset under `data_dir` if needed and returns the builder."""
     return tfds_io.build_once(
-        lambda src: RobultMfeat(data_dir=data_dir, source_dir=src),
+        lambda src: RobultMfeat(data_dir=data_dir, source_path=src),
         source=source_dir,
-        find_source=find_mfeat_source,
-        check_source=_check_source,
+        # A folder that lacks a CSV cannot be checked: its cache is used as it is.
+        digest=source_sha256,
+        other_source="different files than those in",
         dataset="mfeat",
     )
 
 
-def _check_source(builder: RobultMfeat, source_dir: str | None) -> None:
-    try:
-        source_dir = source_dir or find_mfeat_source()
-        digest = source_sha256(source_dir)
-    except (ModuleNotFoundError, FileNotFoundError):
-        return  # already built; the source is not needed to load it
-    if builder.info.metadata.get("source_sha256") != digest:
-        raise ValueError(
-            f"The cached mfeat dataset in {builder.data_dir} was built from different "
-            f"files than those in {source_dir}. Delete {builder.data_dir} to rebuild it."
-        )
-
-
 def _load_split(builder: RobultMfeat, split: str) -> Split:
     arrays = tfds_io.read_split(builder, split, (*VIEWS, "label"))
-    if not len(arrays["label"]):
-        raise ValueError(
-            f"The {split!r} split of the mfeat dataset in {builder.data_dir} is empty; "
-            "the source files need several rows per class."
-        )
     inputs = {name: arrays[name].astype(np.float32) for name in VIEWS}
-    labels = arrays["label"].astype(np.int32)
     # mfeat is complete: every view is present for every digit.
-    return Split(inputs=inputs, labels=labels, mask=np.ones((len(labels), len(VIEWS)), bool))
+    return Split.complete(inputs, arrays["label"].astype(np.int32))
 
 
 def load_mfeat(data_config: Any, *, source_dir: str | None = None) -> Dataset:

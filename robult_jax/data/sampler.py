@@ -166,16 +166,16 @@ def modality_dropout_mask(
     return keep
 
 
-def _stream_indices(n_set: int, batch: int, step: int, seed: int, stream: int) -> np.ndarray:
-    """Positions step*batch .. step*batch+batch-1 of the epoch-permuted stream."""
+def _stream(idx: np.ndarray, batch: int, step: int, seed: int, stream: int) -> np.ndarray:
+    """`idx` at positions step*batch .. step*batch+batch-1 of its epoch-permuted stream."""
     pos = step * batch + np.arange(batch, dtype=np.int64)
-    epoch, offset = np.divmod(pos, n_set)
+    epoch, offset = np.divmod(pos, len(idx))
     out = np.empty(batch, dtype=np.int64)
     for e in np.unique(epoch):
-        perm = np.random.default_rng((seed, stream, int(e))).permutation(n_set)
+        perm = np.random.default_rng((seed, stream, int(e))).permutation(len(idx))
         sel = epoch == e
         out[sel] = perm[offset[sel]]
-    return out
+    return idx[out]
 
 
 def _gather(split: Split, rows: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -243,16 +243,8 @@ class SemiSupervisedSampler:
         """(B,) split indices of batch `step` (labeled rows first)."""
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}.")
-        lab = self.labeled_idx[
-            _stream_indices(
-                len(self.labeled_idx), self.labeled_batch, step, self.seed, _LABELED_STREAM
-            )
-        ]
-        unl = self.unlabeled_idx[
-            _stream_indices(
-                len(self.unlabeled_idx), self.unlabeled_batch, step, self.seed, _UNLABELED_STREAM
-            )
-        ]
+        lab = _stream(self.labeled_idx, self.labeled_batch, step, self.seed, _LABELED_STREAM)
+        unl = _stream(self.unlabeled_idx, self.unlabeled_batch, step, self.seed, _UNLABELED_STREAM)
         return np.concatenate([lab, unl])
 
     def batch(self, step: int) -> dict:

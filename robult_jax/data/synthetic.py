@@ -67,7 +67,7 @@ def make_synthetic(
             targets = (labels - (num_classes - 1) / 2).astype(np.float32)
         else:
             targets = labels
-        return Split(inputs=inputs, labels=targets, mask=np.ones((n, len(shapes)), bool))
+        return Split.complete(inputs, targets)
 
     spec = DatasetSpec(
         name="synthetic",

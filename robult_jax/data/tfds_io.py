@@ -2,44 +2,107 @@
 
 Every dataset (the packaged ones and the user-supplied benchmarks) converts
 its source once into an array_record tfds dataset and then reads whole splits
-into numpy arrays; these two steps are the same for all of them. watch and
-av_digits record their source file's `file_sha256`, to detect a cache built
-from another file.
+into numpy arrays; these two steps are the same for all of them. watch, mfeat
+and av_digits record a sha256 of their source, to detect a cache built from
+another one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-BuilderT = TypeVar("BuilderT", bound=tfds.core.DatasetBuilder)
+
+class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A builder writing array_record, in generation order, described by its module docstring.
+
+    Subclasses give `_features()` and the HOMEPAGE, CITATION (and LICENSE) of the data.
+    """
+
+    HOMEPAGE = CITATION = ""
+    LICENSE: str | None = None
+
+    def __init__(self, **kwargs: Any):
+        kwargs.setdefault("file_format", "array_record")
+        super().__init__(**kwargs)
+
+    def _features(self) -> dict[str, tfds.features.FeatureConnector]:
+        raise NotImplementedError
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        # `dataset_info_from_configs` expects package metadata files; we have none.
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=sys.modules[type(self).__module__].__doc__,
+            features=tfds.features.FeaturesDict(self._features()),
+            # Generation order: loads are reproducible, and row-range splits stay valid.
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(),
+            homepage=self.HOMEPAGE,
+            citation=self.CITATION,
+            license=self.LICENSE,
+        )
+
+
+class PackagedBuilder(ArrayRecordBuilder, skip_registration=True):
+    """The builder of a dataset whose source (`source_path`, a file or folder) is installed.
+
+    `find_source()` locates it when no `source_path` is given.
+    """
+
+    find_source: Callable[[], str]
+
+    def __init__(self, *, source_path: str | None = None, **kwargs: Any):
+        self._source_path = source_path
+        super().__init__(**kwargs)
+
+    @property
+    def source_path(self) -> str:
+        return self._source_path or self.find_source()
+
+
+PackagedBuilderT = TypeVar("PackagedBuilderT", bound=PackagedBuilder)
 
 
 def build_once(
-    make_builder: Callable[[str | None], BuilderT],
+    make_builder: Callable[[str | None], PackagedBuilderT],
     *,
     source: str | None,
-    find_source: Callable[[], str],
-    check_source: Callable[[BuilderT, str | None], None],
+    digest: Callable[[str], str | None],
+    other_source: str,
     dataset: str,
-) -> BuilderT:
+) -> PackagedBuilderT:
     """The builder of a packaged dataset, built from its local source on first use.
 
-    `make_builder(source)` makes the builder; an already built dataset is only
-    checked against its source (`check_source`), which need not be installed
-    any more. Otherwise the source is resolved *before* building, so that a
-    missing package fails with its own install hint rather than inside tfds.
+    `make_builder(source)` makes the builder. An already built dataset loads
+    without its source, which need not be installed any more; a source that
+    is at hand must match the `digest` recorded at build time
+    (`metadata["source_sha256"]`; a digest of None: unreadable, not checked),
+    else the error says the cache was built from `other_source` (e.g. "a
+    different source file than") that path. Before building, the source is
+    resolved, so that a missing package fails with its own install hint
+    rather than inside tfds.
     """
     builder = make_builder(source)
-    if builder.is_prepared():
-        check_source(builder, source)
+    if not builder.is_prepared():
+        builder = make_builder(builder.source_path)
+        prepare(builder, dataset=dataset)
         return builder
-    builder = make_builder(source or find_source())
-    prepare(builder, dataset=dataset)
+    try:
+        path = builder.source_path
+    except (ModuleNotFoundError, FileNotFoundError):
+        return builder  # already built; the source is not needed to load it
+    actual = digest(path)
+    if actual is not None and builder.info.metadata.get("source_sha256") != actual:
+        raise ValueError(
+            f"The cached {dataset} dataset in {builder.data_dir} was built from {other_source} "
+            f"{path}. Delete {builder.data_dir} to rebuild it."
+        )
     return builder
 
 
@@ -56,11 +119,10 @@ def prepare(
     builder: tfds.core.DatasetBuilder, *, dataset: str, manual_dir: str | None = None
 ) -> None:
     """Runs `download_and_prepare`: nothing is downloaded, sources are local files."""
-    kwargs = {}
-    if manual_dir is not None:
-        kwargs["download_config"] = tfds.download.DownloadConfig(manual_dir=manual_dir)
     try:
-        builder.download_and_prepare(**kwargs)
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+        )
     except Exception as e:
         # tfds writes into a temporary `incomplete.*` directory and renames it
         # only on success, so a failed build normally leaves nothing behind.
@@ -76,11 +138,7 @@ def read_split(
 ) -> dict[str, np.ndarray]:
     """Every example of `split` as stacked numpy arrays, one per key."""
     source = builder.as_data_source(split)
-    n = len(source)
-    features = builder.info.features
-    if n == 0:
-        return {k: np.zeros((0, *_static_shape(features[k])), features[k].np_dtype) for k in keys}
-    out: dict[str, np.ndarray] = {}
+    n = len(source)  # > 0: tfds refuses to write an empty split
     # Batched reads in chunks: one call per example costs a Python round trip
     # each, one call for everything would hold every decoded dict at once.
     chunk = 4096
@@ -89,10 +147,4 @@ def read_split(
         examples = source.__getitems__(list(range(start, min(n, start + chunk))))
         for k in keys:
             parts[k].append(np.stack([np.asarray(ex[k]) for ex in examples]))
-    for k in keys:
-        out[k] = np.concatenate(parts[k]) if len(parts[k]) > 1 else parts[k][0]
-    return out
-
-
-def _static_shape(feature: Any) -> tuple[int, ...]:
-    return tuple(0 if d is None else d for d in feature.shape)
+    return {k: np.concatenate(v) for k, v in parts.items()}

@@ -103,6 +103,11 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @classmethod
+    def complete(cls, inputs: dict[str, np.ndarray], labels: np.ndarray) -> Split:
+        """A split in which every row has every modality."""
+        return cls(inputs=inputs, labels=labels, mask=np.ones((len(labels), len(inputs)), bool))
+
     def validate(self, spec: DatasetSpec) -> None:
         """Checks that this split matches `spec` (names, order, shapes, dtypes)."""
         if tuple(self.inputs) != spec.modality_names:

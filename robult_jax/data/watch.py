@@ -104,51 +104,33 @@ def window_starts(length: int) -> range:
     return range(0, length - WINDOW + 1, STRIDE)
 
 
-class RobultWatch(tfds.core.GeneratorBasedBuilder):
+class RobultWatch(tfds_io.PackagedBuilder):
     """tfds builder for the watch windows (array_record, no TensorFlow needed)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": f"Windows of {WINDOW} samples, stride {STRIDE}."}
+    HOMEPAGE = "https://github.com/dmbee/seglearn"
+    CITATION = "Burns et al., Shoulder physiotherapy exercise recognition, arXiv 1802.01489."
+    LICENSE = "BSD-3-Clause"
+    find_source = staticmethod(find_watch_source)
 
-    def __init__(self, *, source_path: str | None = None, **kwargs: Any):
-        self._source_path = source_path
-        kwargs.setdefault("file_format", "array_record")
-        super().__init__(**kwargs)
-
-    @property
-    def source_path(self) -> str:
-        return self._source_path or find_watch_source()
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        # `dataset_info_from_configs` expects package metadata files; we have none.
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "acc": tfds.features.Tensor(shape=(WINDOW, 3), dtype=np.float32),
-                    "gyro": tfds.features.Tensor(shape=(WINDOW, 3), dtype=np.float32),
-                    "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
-                    "subject": tfds.features.Tensor(shape=(), dtype=np.int32),
-                    "recording": tfds.features.Tensor(shape=(), dtype=np.int32),
-                }
-            ),
-            # Keep generation order (recording, then time) so loads are reproducible.
-            disable_shuffling=True,
-            metadata=tfds.core.MetadataDict(),
-            homepage="https://github.com/dmbee/seglearn",
-            citation="Burns et al., Shoulder physiotherapy exercise recognition, arXiv 1802.01489.",
-            license="BSD-3-Clause",
-        )
+    def _features(self) -> dict[str, Any]:
+        return {
+            "acc": tfds.features.Tensor(shape=(WINDOW, 3), dtype=np.float32),
+            "gyro": tfds.features.Tensor(shape=(WINDOW, 3), dtype=np.float32),
+            "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
+            "subject": tfds.features.Tensor(shape=(), dtype=np.int32),
+            "recording": tfds.features.Tensor(shape=(), dtype=np.int32),
+        }
 
     def _split_generators(self, dl_manager):
         del dl_manager  # local file, nothing to download
         path = self.source_path
         data = read_watch_source(path)
         # Recorded so that a cache built from another file is detected on load.
-        self.info.metadata["source_sha256"] = tfds_io.file_sha256(path)
-        self.info.metadata["window"] = WINDOW
-        self.info.metadata["stride"] = STRIDE
+        self.info.metadata.update(
+            source_sha256=tfds_io.file_sha256(path), window=WINDOW, stride=STRIDE
+        )
         return {
             "train": self._generate_examples(data, TRAIN_SUBJECTS),
             "test": self._generate_examples(data, TEST_SUBJECTS),
@@ -178,35 +160,16 @@ def build_watch(data_dir: str, source_path: str | None = None) -> RobultWatch:
     return tfds_io.build_once(
         lambda src: RobultWatch(data_dir=data_dir, source_path=src),
         source=source_path,
-        find_source=find_watch_source,
-        check_source=_check_source,
+        digest=tfds_io.file_sha256,
+        other_source="a different source file than",
         dataset="watch",
     )
 
 
-def _check_source(builder: RobultWatch, source_path: str | None) -> None:
-    built_from = builder.info.metadata.get("source_sha256")
-    try:
-        path = source_path or find_watch_source()
-    except (ModuleNotFoundError, FileNotFoundError):
-        return  # already built; the source is not needed to load it
-    if built_from != tfds_io.file_sha256(path):
-        raise ValueError(
-            f"The cached watch dataset in {builder.data_dir} was built from a different "
-            f"source file than {path}. Delete {builder.data_dir} to rebuild it."
-        )
-
-
-def _load_split(builder: RobultWatch, split: str) -> dict[str, np.ndarray]:
-    return tfds_io.read_split(builder, split, ("acc", "gyro", "label", "subject", "recording"))
-
-
 def _to_split(arrays: dict[str, np.ndarray], rows: np.ndarray) -> Split:
     inputs = {name: arrays[name][rows].astype(np.float32) for name in MODALITIES}
-    labels = arrays["label"][rows].astype(np.int32)
     # The watch recordings are complete: every modality is present.
-    mask = np.ones((len(labels), len(MODALITIES)), dtype=bool)
-    return Split(inputs=inputs, labels=labels, mask=mask)
+    return Split.complete(inputs, arrays["label"][rows].astype(np.int32))
 
 
 def load_watch(data_config: Any, *, source_path: str | None = None) -> Dataset:
@@ -220,8 +183,8 @@ def load_watch(data_config: Any, *, source_path: str | None = None) -> Dataset:
     source_path = source_path or getattr(data_config, "source_path", None) or None
     builder = build_watch(resolve_data_dir(data_config), source_path)
 
-    train_all = _load_split(builder, "train")
-    test_all = _load_split(builder, "test")
+    keys = (*MODALITIES, "label", "subject")
+    train_all, test_all = (tfds_io.read_split(builder, s, keys) for s in ("train", "test"))
     is_val = train_all["subject"] == val_subject
     train = _to_split(train_all, np.flatnonzero(~is_val))
     validation = _to_split(train_all, np.flatnonzero(is_val))

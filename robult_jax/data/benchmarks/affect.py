@@ -199,54 +199,27 @@ def _config_name(dataset: str, pickle_name: str) -> str:
     return f"{dataset}__{stem}"
 
 
-class RobultAffect(tfds.core.GeneratorBasedBuilder):
+class RobultAffect(common.ManualBuilder):
     """tfds builder for the MOSI / MOSEI pickles (array_record); config = dataset + file."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "MultiBench steps; right-padded with a validity channel."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = "See robult_jax/data/benchmarks/affect.py."
+    HOMEPAGE = "https://github.com/pliang279/MultiBench"
+    CITATION = "Zadeh et al. (CMU-MOSI 2016, CMU-MOSEI 2018); Liang et al., MultiBench 2021."
 
-    def __init__(
-        self,
-        *,
-        source: dict[str, dict[str, np.ndarray]] | None = None,
-        metadata: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ):
-        self._source = source
-        self._metadata = metadata or {}
-        kwargs.setdefault("file_format", "array_record")
-        super().__init__(**kwargs)
-
-    def _info(self) -> tfds.core.DatasetInfo:
+    def _features(self) -> dict[str, Any]:
         # (T, D + 1): widths depend on the file variant, so both axes are dynamic;
         # the widths are recorded in metadata["dims"].
         seq = {
             m: tfds.features.Tensor(shape=(None, None), dtype=np.float32, encoding="bytes")
             for m in MODALITIES
         }
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    **seq,
-                    "label": tfds.features.Tensor(shape=(), dtype=np.float32),
-                    "index": tfds.features.Tensor(shape=(), dtype=np.int32),
-                }
-            ),
-            disable_shuffling=True,
-            metadata=tfds.core.MetadataDict(),
-            homepage="https://github.com/pliang279/MultiBench",
-            citation="Zadeh et al. (CMU-MOSI 2016, CMU-MOSEI 2018); Liang et al., MultiBench 2021.",
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager  # the loader read and processed the pickle
-        if self._source is None:
-            raise ValueError("RobultAffect needs source=process_split(...) outputs to build.")
-        self.info.metadata.update(self._metadata)
-        return {name: self._generate_examples(arrays) for name, arrays in self._source.items()}
+        return {
+            **seq,
+            "label": tfds.features.Tensor(shape=(), dtype=np.float32),
+            "index": tfds.features.Tensor(shape=(), dtype=np.int32),
+        }
 
     def _generate_examples(self, arrays) -> Iterator[tuple[int, dict[str, Any]]]:
         for i in range(len(arrays["label"])):
@@ -256,42 +229,43 @@ class RobultAffect(tfds.core.GeneratorBasedBuilder):
 def build_affect(data_dir: str, manual_dir: str, dataset: str, pickle_name: str) -> RobultAffect:
     """Builds the dataset under `data_dir` if needed and returns the builder."""
     (path,) = common.check_files(manual_dir, [pickle_name], dataset=dataset, source=SOURCE[dataset])
-    fp = common.fingerprint([path])
     config = tfds.core.BuilderConfig(name=_config_name(dataset, pickle_name))
-    builder = RobultAffect(data_dir=data_dir, config=config)
-    if common.cached_builder(builder, fp, dataset=dataset):
-        return builder
+    return common.build_once(
+        lambda **kw: RobultAffect(data_dir=data_dir, config=config, **kw),
+        [path],
+        lambda: _read(path, dataset),
+        dataset=dataset,
+        manual_dir=manual_dir,
+    )
+
+
+def _read(path: str, dataset: str) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+    """The processed splits of the pickle at `path`, and the metadata the cache records.
+
+    The raw pickle, which can be several GB, is freed on return, before the build.
+    """
     data = read_affect_pickle(path)
     variant = detect_variant(data, path, dataset)
     source = {
         ours: process_split(data[key], where=f"{path} [{key!r}]") for key, ours in SPLITS.items()
     }
-    del data  # the raw pickle can be several GB
     dims = [int(source["train"][m].shape[2]) - 1 for m in MODALITIES]
     log.info("%s: %s variant, (vision, audio, text) widths %s", path, variant, dims)
-    metadata = {"source_fingerprint": fp, "variant": variant, "dims": dims}
-    builder = RobultAffect(data_dir=data_dir, config=config, source=source, metadata=metadata)
-    tfds_io.prepare(builder, dataset=dataset, manual_dir=manual_dir)
-    return RobultAffect(data_dir=data_dir, config=config)
+    return source, {"variant": variant, "dims": dims}
 
 
-def _to_split(arrays: dict[str, np.ndarray], dims: list[int], seq_len: int) -> Split:
+def _to_split(arrays: dict[str, np.ndarray], seq_len: int) -> Split:
     inputs = {}
-    for m, d in zip(MODALITIES, dims, strict=True):
-        n = len(arrays["label"])
-        x = arrays[m].reshape(n, -1, d + 1) if n else np.zeros((0, seq_len, d + 1), np.float32)
-        t = x.shape[1]
-        # Keep the first seq_len steps (valid steps come first after the move).
-        x = x[:, :seq_len] if t >= seq_len else np.pad(x, ((0, 0), (0, seq_len - t), (0, 0)))
-        inputs[m] = x.astype(np.float32)
-    labels = arrays["label"].astype(np.float32)
-    mask = np.ones((len(labels), len(MODALITIES)), dtype=bool)  # aligned: all present
-    return Split(inputs=inputs, labels=labels, mask=mask)
+    for m in MODALITIES:
+        # The first seq_len steps (valid steps come first after the move), zero-padded.
+        x = arrays[m][:, :seq_len]
+        inputs[m] = np.pad(x, ((0, 0), (0, seq_len - x.shape[1]), (0, 0))).astype(np.float32)
+    return Split.complete(inputs, arrays["label"].astype(np.float32))  # aligned: all present
 
 
-def load_affect(data_config: Any) -> Dataset:
-    """Builds (once) and loads CMU-MOSI or CMU-MOSEI (data.name) as numpy splits."""
-    dataset = getattr(data_config, "name", None)
+def load_affect(data_config: Any, dataset: str | None = None) -> Dataset:
+    """Builds (once) and loads CMU-MOSI or CMU-MOSEI (`dataset`, default data.name)."""
+    dataset = dataset or getattr(data_config, "name", None)
     if dataset not in DEFAULT_PICKLE:
         raise ValueError(f"data.name is {dataset!r}; the affect loader reads 'mosi' or 'mosei'.")
     pickle_name = getattr(data_config, "pickle", None) or DEFAULT_PICKLE[dataset]
@@ -314,30 +288,14 @@ def load_affect(data_config: Any) -> Dataset:
         task="regression",
         num_outputs=1,
     )
-    return Dataset(spec=spec, **{s: _to_split(a, dims, seq_len) for s, a in splits.items()})
+    return Dataset(spec=spec, **{s: _to_split(a, seq_len) for s, a in splits.items()})
 
 
 def load_mosi(data_config: Any) -> Dataset:
     """CMU-MOSI; see `load_affect`."""
-    return load_affect(_with_name(data_config, "mosi"))
+    return load_affect(data_config, "mosi")
 
 
 def load_mosei(data_config: Any) -> Dataset:
     """CMU-MOSEI; see `load_affect`."""
-    return load_affect(_with_name(data_config, "mosei"))
-
-
-class _Renamed:
-    """Read-only view of a config with `name` replaced (configs are locked)."""
-
-    def __init__(self, base: Any, name: str):
-        self._base, self.name = base, name
-
-    def __getattr__(self, field: str) -> Any:
-        return getattr(self._base, field)
-
-
-def _with_name(data_config: Any, name: str) -> Any:
-    if getattr(data_config, "name", None) == name:
-        return data_config
-    return _Renamed(data_config, name)
+    return load_affect(data_config, "mosei")

@@ -119,8 +119,7 @@ def _check_split(root: str, split: str, files: dict[str, np.ndarray]) -> None:
     for key in files:
         if not np.issubdtype(files[key].dtype, np.number):
             raise ValueError(f"{where[key]}: dtype {files[key].dtype} is not numeric.")
-    lab = np.asarray(label)
-    if n and (not np.all(np.isin(lab, np.arange(10)))):
+    if not np.isin(label, np.arange(10)).all():
         raise ValueError(f"{where['label']}: labels must be the digits 0-9.")
     if not np.isfinite(np.asarray(image)).all():
         raise ValueError(f"{where['image']}: contains NaN or inf values.")
@@ -133,85 +132,48 @@ def _check_split(root: str, split: str, files: dict[str, np.ndarray]) -> None:
             )
 
 
-class RobultAvmnist(tfds.core.GeneratorBasedBuilder):
+class RobultAvmnist(common.ManualBuilder):
     """tfds builder for AV-MNIST from the user's avmnist/ folder (array_record)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "MultiBench avmnist.tar.gz: image (28, 28) float32, audio uint8."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = SOURCE
+    HOMEPAGE = "https://github.com/pliang279/MultiBench"
+    CITATION = "Liang et al., MultiBench, NeurIPS Datasets and Benchmarks 2021."
 
-    def __init__(
-        self,
-        *,
-        source: dict[str, dict[str, np.ndarray]] | None = None,
-        source_fingerprint: str = "",
-        **kwargs: Any,
-    ):
-        self._source = source
-        self._source_fingerprint = source_fingerprint
-        kwargs.setdefault("file_format", "array_record")
-        super().__init__(**kwargs)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.float32),
-                    "audio": tfds.features.Tensor(shape=AUDIO_SHAPE, dtype=np.uint8),
-                    "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
-                    "row": tfds.features.Tensor(shape=(), dtype=np.int32),
-                }
-            ),
-            # Keep file order: validation is "the last k train rows".
-            disable_shuffling=True,
-            metadata=tfds.core.MetadataDict(),
-            homepage="https://github.com/pliang279/MultiBench",
-            citation="Liang et al., MultiBench, NeurIPS Datasets and Benchmarks 2021.",
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager  # the arrays were read and checked by the loader
-        if self._source is None:
-            raise ValueError("RobultAvmnist needs source=read_avmnist_source(...) to build.")
-        self.info.metadata["source_fingerprint"] = self._source_fingerprint
-        return {split: self._generate_examples(files) for split, files in self._source.items()}
+    def _features(self) -> dict[str, Any]:
+        return {
+            "image": tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.float32),
+            "audio": tfds.features.Tensor(shape=AUDIO_SHAPE, dtype=np.uint8),
+            "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
+            "row": tfds.features.Tensor(shape=(), dtype=np.int32),
+        }
 
     def _generate_examples(self, files) -> Iterator[tuple[int, dict[str, Any]]]:
-        n = files["label"].shape[0]
-        chunk = 2048  # bounded memory: the sources are memory-mapped
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            image = np.asarray(files["image"][start:stop], np.float32).reshape(-1, *IMAGE_SHAPE)
-            audio = np.asarray(files["audio"][start:stop])
+        def read_rows(rows: slice) -> dict[str, np.ndarray]:
+            audio = np.asarray(files["audio"][rows])
             if audio.dtype != np.uint8:  # values were checked to lie in [0, 255]
                 audio = np.rint(audio).astype(np.uint8)
-            label = np.asarray(files["label"][start:stop]).astype(np.int64)
-            for i in range(stop - start):
-                yield (
-                    start + i,
-                    {
-                        "image": image[i],
-                        "audio": audio[i],
-                        "label": int(label[i]),
-                        "row": np.int32(start + i),
-                    },
-                )
+            return {
+                "image": np.asarray(files["image"][rows], np.float32).reshape(-1, *IMAGE_SHAPE),
+                "audio": audio,
+                "label": np.asarray(files["label"][rows]).astype(np.int64),
+            }
+
+        return common.chunked_examples(files["label"].shape[0], 2048, read_rows)
 
 
 def build_avmnist(data_dir: str, manual_dir: str) -> RobultAvmnist:
     """Builds the dataset under `data_dir` if needed and returns the builder."""
     root = find_avmnist_dir(manual_dir)
     paths = common.check_files(root, list(FILES.values()), dataset=NAME, source=SOURCE)
-    fp = common.fingerprint(paths)
-    builder = RobultAvmnist(data_dir=data_dir)
-    if common.cached_builder(builder, fp, dataset=NAME):
-        return builder
-    source = read_avmnist_source(root)
-    builder = RobultAvmnist(data_dir=data_dir, source=source, source_fingerprint=fp)
-    tfds_io.prepare(builder, dataset=NAME, manual_dir=manual_dir)
-    return RobultAvmnist(data_dir=data_dir)
+    return common.build_once(
+        lambda **kw: RobultAvmnist(data_dir=data_dir, **kw),
+        paths,
+        lambda: (read_avmnist_source(root), {}),
+        dataset=NAME,
+        manual_dir=manual_dir,
+    )
 
 
 def _to_split(arrays: dict[str, np.ndarray], rows: slice) -> Split:
@@ -220,9 +182,8 @@ def _to_split(arrays: dict[str, np.ndarray], rows: slice) -> Split:
         "image": (arrays["image"][rows] / np.float32(255.0)).astype(np.float32),
         "audio": (arrays["audio"][rows].astype(np.float32) / np.float32(255.0)),
     }
-    labels = arrays["label"][rows].astype(np.int32)
-    mask = np.ones((len(labels), 2), dtype=bool)  # both modalities always present
-    return Split(inputs=inputs, labels=labels, mask=mask)
+    # Both modalities are always present.
+    return Split.complete(inputs, arrays["label"][rows].astype(np.int32))
 
 
 def load_avmnist(data_config: Any) -> Dataset:

@@ -1,26 +1,23 @@
 """Shared plumbing for the builders of user-supplied benchmark files.
 
-AV-MNIST, MM-IMDb and CMU-MOSI/MOSEI cannot be downloaded from here: users
-fetch the processed files by hand and point `data.manual_dir` at them (the
-tfds "manual_dir" convention). Each builder then converts them once into an
-array_record tfds dataset under `resolve_data_dir(data_config)`, which tfds
-reads without TensorFlow.
-
-What lives here: the manual-dir and missing-file checks (one error that lists
-every expected path and where it is published), a cheap source fingerprint
-that detects a cache built from other files and the build-once helper.
-Building and reading (`prepare`, `read_split`) live in `robult_jax.data.tfds_io`,
-shared with the packaged datasets.
+See the package docstring. Here: the manual-dir and missing-file checks (one
+error that lists every expected path and where it is published), a cheap
+fingerprint of the files that detects a cache built from other ones, the
+builders' base class and the build-once helper.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
-import tensorflow_datasets as tfds
+import numpy as np
+
+from robult_jax.data import tfds_io
+
+BuilderT = TypeVar("BuilderT", bound="ManualBuilder")
 
 # Bytes hashed at each end of a source file. Hashing whole files would cost
 # minutes on the multi-GB MM-IMDb hdf5; size + head + tail tells files apart.
@@ -73,21 +70,77 @@ def fingerprint(paths: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def cached_builder(
-    builder: tfds.core.DatasetBuilder, source_fingerprint: str, *, dataset: str
-) -> bool:
-    """True if `builder` is already built from these same source files.
+class ManualBuilder(tfds_io.ArrayRecordBuilder, skip_registration=True):
+    """A builder of user-supplied files that its loader has already read and checked.
 
-    A cache built from other files (e.g. a fixture, or another download) is
-    an error rather than a silent mix-up: the user decides what to delete.
+    `source` maps each split to what `_generate_examples` reads, and
+    `metadata` is recorded in `info.metadata`; without `source` the builder
+    only reads its cache.
     """
-    if not builder.is_prepared():
-        return False
-    built_from = builder.info.metadata.get("source_fingerprint")
-    if built_from != source_fingerprint:
-        raise ValueError(
-            f"The cached {dataset} dataset in {builder.data_dir} was built from different "
-            f"source files than the ones in data.manual_dir. Delete {builder.data_dir} to "
-            f"rebuild it, or set data.data_dir to another cache directory."
-        )
-    return True
+
+    def __init__(
+        self,
+        *,
+        source: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
+        self._source = source
+        self._metadata = metadata or {}
+        super().__init__(**kwargs)
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # the loader read and checked the files
+        if self._source is None:
+            raise ValueError(
+                f"{type(self).__name__} needs source=... to build; its build_* function reads it."
+            )
+        self.info.metadata.update(self._metadata)
+        return {split: self._generate_examples(s) for split, s in self._source.items()}
+
+
+def chunked_examples(
+    n: int, chunk: int, read_rows: Callable[[slice], dict[str, np.ndarray]]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Examples 0..n-1 keyed by their "row", from `read_rows` of `chunk` rows at a time.
+
+    Reading in chunks bounds the memory that big (memory-mapped) files need.
+    """
+    for start in range(0, n, chunk):
+        rows = slice(start, min(n, start + chunk))
+        arrays = {**read_rows(rows), "row": np.arange(rows.start, rows.stop, dtype=np.int32)}
+        for i in range(rows.stop - rows.start):
+            yield start + i, {k: v[i] for k, v in arrays.items()}
+
+
+def build_once(
+    make_builder: Callable[..., BuilderT],
+    paths: Sequence[str],
+    read: Callable[[], tuple[dict[str, Any], dict[str, Any]]],
+    *,
+    dataset: str,
+    manual_dir: str,
+) -> BuilderT:
+    """The builder of the files at `paths`, built on first use.
+
+    `make_builder(**kwargs)` makes the builder; `read()` reads and checks the
+    files and returns its (source, metadata). A cache built from other files
+    (e.g. a fixture, or another download) is an error rather than a silent
+    mix-up: the user decides what to delete.
+    """
+    source_fingerprint = fingerprint(paths)
+    builder = make_builder()
+    if builder.is_prepared():
+        if builder.info.metadata.get("source_fingerprint") != source_fingerprint:
+            raise ValueError(
+                f"The cached {dataset} dataset in {builder.data_dir} was built from different "
+                f"source files than the ones in data.manual_dir. Delete {builder.data_dir} to "
+                f"rebuild it, or set data.data_dir to another cache directory."
+            )
+        return builder
+    source, metadata = read()
+    metadata = {"source_fingerprint": source_fingerprint, **metadata}
+    builder = make_builder(source=source, metadata=metadata)
+    tfds_io.prepare(builder, dataset=dataset, manual_dir=manual_dir)
+    # A fresh builder: the one that built holds the whole source in memory.
+    return make_builder()

@@ -111,7 +111,7 @@ def parse_fuel_split(raw: Any, n: int) -> tuple[int, int] | None:
 
 
 def read_mmimdb_header(path: str) -> dict[str, Any]:
-    """Opens the hdf5 file and checks keys, shapes and labels (no big reads)."""
+    """Checks keys, shapes and labels (no big reads); returns the metadata the cache records."""
     try:
         f = h5py.File(path, "r")
     except Exception as e:  # truncated, or not an hdf5 file
@@ -142,93 +142,50 @@ def read_mmimdb_header(path: str) -> dict[str, Any]:
             raise ValueError(f"{path}: genres must be multi-hot 0/1; found other values.")
         names = parse_target_names(genres.attrs.get("target_names"), c, path)
         file_split = parse_fuel_split(f.attrs.get("split"), n)
-    return {"num_rows": n, "class_names": names, "file_split": file_split}
+    return {"class_names": list(names), "file_split": list(file_split) if file_split else []}
 
 
-class RobultMmimdb(tfds.core.GeneratorBasedBuilder):
+class RobultMmimdb(common.ManualBuilder):
     """tfds builder for MM-IMDb from the user's multimodal_imdb.hdf5 (array_record)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "features, vgg_features and genres of multimodal_imdb.hdf5."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"Put {FILENAME} in the manual dir; source: {SOURCE}"
+    HOMEPAGE = "https://github.com/johnarevalo/gmu-mmimdb"
+    CITATION = "Arevalo et al., Gated Multimodal Units for Information Fusion, ICLR-W 2017."
 
-    def __init__(
-        self,
-        *,
-        source_path: str | None = None,
-        header: dict[str, Any] | None = None,
-        source_fingerprint: str = "",
-        **kwargs: Any,
-    ):
-        self._source_path = source_path
-        self._header = header
-        self._source_fingerprint = source_fingerprint
-        kwargs.setdefault("file_format", "array_record")
-        super().__init__(**kwargs)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "text": tfds.features.Tensor(shape=(TEXT_DIM,), dtype=np.float32),
-                    "image": tfds.features.Tensor(shape=(IMAGE_DIM,), dtype=np.float32),
-                    # Width = number of genres (23), recorded in metadata["class_names"].
-                    "genres": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
-                    "row": tfds.features.Tensor(shape=(), dtype=np.int32),
-                }
-            ),
-            disable_shuffling=True,  # file order: the splits are contiguous row ranges
-            metadata=tfds.core.MetadataDict(),
-            homepage="https://github.com/johnarevalo/gmu-mmimdb",
-            citation="Arevalo et al., Gated Multimodal Units for Information Fusion, ICLR-W 2017.",
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager  # the loader located and checked the file
-        if self._source_path is None or self._header is None:
-            raise ValueError("RobultMmimdb needs source_path and header to build.")
-        self.info.metadata["source_fingerprint"] = self._source_fingerprint
-        self.info.metadata["class_names"] = list(self._header["class_names"])
-        file_split = self._header["file_split"]
-        self.info.metadata["file_split"] = list(file_split) if file_split else []
-        return {"full": self._generate_examples(self._source_path)}
+    def _features(self) -> dict[str, Any]:
+        return {
+            "text": tfds.features.Tensor(shape=(TEXT_DIM,), dtype=np.float32),
+            "image": tfds.features.Tensor(shape=(IMAGE_DIM,), dtype=np.float32),
+            # Width = number of genres (23), recorded in metadata["class_names"].
+            "genres": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
+            "row": tfds.features.Tensor(shape=(), dtype=np.int32),
+        }
 
     def _generate_examples(self, path: str) -> Iterator[tuple[int, dict[str, Any]]]:
         with h5py.File(path, "r") as f:
-            n = f["genres"].shape[0]
-            chunk = 1024  # bounded memory: vgg_features alone is ~425 MB
-            for start in range(0, n, chunk):
-                stop = min(n, start + chunk)
-                text = np.asarray(f["features"][start:stop], np.float32)
-                image = np.asarray(f["vgg_features"][start:stop], np.float32)
-                genres = np.asarray(f["genres"][start:stop]).astype(np.uint8)
-                for i in range(stop - start):
-                    yield (
-                        start + i,
-                        {
-                            "text": text[i],
-                            "image": image[i],
-                            "genres": genres[i],
-                            "row": np.int32(start + i),
-                        },
-                    )
+            yield from common.chunked_examples(
+                f["genres"].shape[0],
+                1024,  # vgg_features alone is ~425 MB
+                lambda rows: {
+                    "text": np.asarray(f["features"][rows], np.float32),
+                    "image": np.asarray(f["vgg_features"][rows], np.float32),
+                    "genres": np.asarray(f["genres"][rows]).astype(np.uint8),
+                },
+            )
 
 
 def build_mmimdb(data_dir: str, manual_dir: str) -> RobultMmimdb:
     """Builds the dataset under `data_dir` if needed and returns the builder."""
     (path,) = common.check_files(manual_dir, [FILENAME], dataset=NAME, source=SOURCE)
-    fp = common.fingerprint([path])
-    builder = RobultMmimdb(data_dir=data_dir)
-    if common.cached_builder(builder, fp, dataset=NAME):
-        return builder
-    header = read_mmimdb_header(path)
-    builder = RobultMmimdb(
-        data_dir=data_dir, source_path=path, header=header, source_fingerprint=fp
+    return common.build_once(
+        lambda **kw: RobultMmimdb(data_dir=data_dir, **kw),
+        [path],
+        lambda: ({"full": path}, read_mmimdb_header(path)),
+        dataset=NAME,
+        manual_dir=manual_dir,
     )
-    tfds_io.prepare(builder, dataset=NAME, manual_dir=manual_dir)
-    return RobultMmimdb(data_dir=data_dir)
 
 
 def split_boundaries(data_config: Any, file_split: list[int], n: int) -> tuple[int, int]:
