@@ -33,106 +33,6 @@ ARCHITECTURE_FIELDS = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class SamplingConfig:
-    label_rate: float  # fraction of training rows whose label is used, in (0, 1]
-    label_seed: int
-    labeled_batch: int  # global rows per step
-    unlabeled_batch: int
-    modality_dropout: float  # train-time P(drop) per modality, never all
-    modality_dropout_rates: tuple[float, ...]  # per modality; () = modality_dropout for all
-
-    def dropout(self) -> float | tuple[float, ...]:
-        return self.modality_dropout_rates or self.modality_dropout
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    architecture: str
-    latent_dim: int  # D
-    hidden_dim: int
-    dropout_rate: float
-    num_heads: int
-    encoders: tuple[tuple[str, str], ...]  # (modality, encoder) pairs; hashable for linen
-    cnn1d_features: tuple[int, ...]
-    cnn2d_features: tuple[int, ...]
-    seq_layers: int
-    seq_width: int  # 0 = latent_dim
-    fusion_stems: str | None  # paper only
-    combine: str | None  # paper only
-    fusion: str | None  # fused only
-    unique_dim: int | None  # fused only (K)
-    proj_dim: int | None  # fused only (P)
-
-    @property
-    def embed_dim(self) -> int:
-        """P: width of the unit-sphere embeddings s and z_i (paper: g_0's output, D)."""
-        return self.latent_dim if self.architecture == "paper" else self.proj_dim
-
-    def encoder_for(self, modality) -> str:
-        """The encoder of a `ModalitySpec`: named in `encoders`, else the default of its kind."""
-        return dict(self.encoders).get(modality.name) or encoders.default_encoder(
-            modality.kind, modality.name
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-    w_sup: float
-    w_lb: float
-    w_ulb: float
-    w_rec: float
-    pu_mode: str
-    temperature: float
-    sigma: float
-    label_sigma: float
-    threshold: float
-    rec_stop_gradient: bool
-    centroid_decay: float
-    w_uni: float | None  # paper only
-    rec_target: str | None  # paper only
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    learning_rate: float
-    warmup_steps: int
-    weight_decay: float
-    grad_clip_norm: float
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    num_steps: int
-    log_every: int
-    eval_every: int
-    checkpoint_every: int
-    keep_checkpoints: int
-    progress_bar: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    split: str
-    batch_size: int
-    missing_rates: tuple[float, ...]
-    mask_seeds: tuple[int, ...]
-    per_modality_rates: tuple[tuple[float, ...], ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    method: str
-    seed: int
-    data: ml_collections.ConfigDict  # loader-specific, read by the dataset's loader
-    sampling: SamplingConfig
-    model: ModelConfig
-    loss: LossConfig
-    optim: OptimConfig
-    train: TrainConfig
-    eval: EvalConfig
-
-
 def _fail(where: str, value: Any, requirement: str):
     raise ValueError(f"{where}={value!r} {requirement}.")
 
@@ -210,73 +110,131 @@ _widths = _sequence(
 )
 _UNIT = dict(lo=0, hi=1, hi_open=True)  # [0, 1)
 _POSITIVE = dict(lo=0, lo_open=True)  # (0, inf]
+_seeds = _sequence(
+    lambda x: isinstance(x, int) and x >= 0,
+    "must be a non-empty sequence of seeds >= 0",
+    non_empty=True,
+)
 
-# How each field of each group is checked: the one place that says what is allowed.
-_RULES: dict[str, tuple[type, dict[str, Any]]] = {
-    "sampling": (SamplingConfig, {
-        "label_rate": _number(lo=0, hi=1, lo_open=True),
-        "label_seed": _integer(0),
-        "labeled_batch": _integer(1),
-        "unlabeled_batch": _integer(1),
-        "modality_dropout": _number(**_UNIT),
-        "modality_dropout_rates": _rates,
-    }),
-    "model": (ModelConfig, {
-        "architecture": _choice(ARCHITECTURES),
-        "latent_dim": _integer(1),
-        "hidden_dim": _integer(1),
-        "dropout_rate": _number(**_UNIT),
-        "num_heads": _integer(1),
-        "encoders": _encoders,
-        "cnn1d_features": _widths,
-        "cnn2d_features": _widths,
-        "seq_layers": _integer(1),
-        "seq_width": _integer(0),
-        "fusion_stems": _choice(FUSION_STEMS),
-        "combine": _choice(COMBINES),
-        "fusion": _choice(FUSIONS),
-        "unique_dim": _integer(1),
-        "proj_dim": _integer(1),
-    }),
-    "loss": (LossConfig, {
-        "w_sup": _number(**_POSITIVE),  # the few labels teach through it; PU beliefs read it
-        "w_lb": _number(lo=0),
-        "w_ulb": _number(lo=0),
-        "w_rec": _number(lo=0),
-        "pu_mode": _choice(losses.PU_MODES),
-        # Below ~1e-3 the logits reach 1e3 and float32 softmax gradients are all-or-nothing.
-        "temperature": _number(lo=1e-3),
-        "sigma": _number(**_POSITIVE),
-        "label_sigma": _number(**_POSITIVE),
-        "threshold": _number(**_UNIT),
-        "rec_stop_gradient": _flag,
-        "centroid_decay": _number(**_UNIT),
-        "w_uni": _number(lo=0),
-        "rec_target": _choice(REC_TARGETS),
-    }),
-    "optim": (OptimConfig, {
-        "learning_rate": _number(**_POSITIVE),
-        "warmup_steps": _integer(0),
-        "weight_decay": _number(lo=0),
-        "grad_clip_norm": _number(**_POSITIVE),
-    }),
-    "train": (TrainConfig, {
-        "num_steps": _integer(0),
-        "log_every": _integer(1),
-        "eval_every": _integer(1),
-        "checkpoint_every": _integer(1),
-        "keep_checkpoints": _integer(1),
-        "progress_bar": _flag,
-    }),
-    "eval": (EvalConfig, {
-        "split": _choice(EVAL_SPLITS),
-        "batch_size": _integer(1),
-        "missing_rates": _rates,
-        "mask_seeds": _sequence(lambda x: isinstance(x, int) and x >= 0,
-                                "must be a non-empty sequence of seeds >= 0", non_empty=True),
-        "per_modality_rates": _rate_patterns,
-    }),
-}  # fmt: skip
+
+def _checked(check) -> Any:
+    """A dataclass field (no default) with the check that `from_config_dict` applies to it."""
+    return dataclasses.field(metadata={"check": check})
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    # fraction of training rows whose label is used, in (0, 1]
+    label_rate: float = _checked(_number(lo=0, hi=1, lo_open=True))
+    label_seed: int = _checked(_integer(0))
+    labeled_batch: int = _checked(_integer(1))  # global rows per step
+    unlabeled_batch: int = _checked(_integer(1))
+    # train-time P(drop) per modality, never all
+    modality_dropout: float = _checked(_number(**_UNIT))
+    # per modality; () = modality_dropout for all
+    modality_dropout_rates: tuple[float, ...] = _checked(_rates)
+
+    def dropout(self) -> float | tuple[float, ...]:
+        return self.modality_dropout_rates or self.modality_dropout
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    architecture: str = _checked(_choice(ARCHITECTURES))
+    latent_dim: int = _checked(_integer(1))  # D
+    hidden_dim: int = _checked(_integer(1))
+    dropout_rate: float = _checked(_number(**_UNIT))
+    num_heads: int = _checked(_integer(1))
+    # (modality, encoder) pairs; hashable for linen
+    encoders: tuple[tuple[str, str], ...] = _checked(_encoders)
+    cnn1d_features: tuple[int, ...] = _checked(_widths)
+    cnn2d_features: tuple[int, ...] = _checked(_widths)
+    seq_layers: int = _checked(_integer(1))
+    seq_width: int = _checked(_integer(0))  # 0 = latent_dim
+    fusion_stems: str | None = _checked(_choice(FUSION_STEMS))  # paper only
+    combine: str | None = _checked(_choice(COMBINES))  # paper only
+    fusion: str | None = _checked(_choice(FUSIONS))  # fused only
+    unique_dim: int | None = _checked(_integer(1))  # fused only (K)
+    proj_dim: int | None = _checked(_integer(1))  # fused only (P)
+
+    @property
+    def embed_dim(self) -> int:
+        """P: width of the unit-sphere embeddings s and z_i (paper: g_0's output, D)."""
+        return self.latent_dim if self.architecture == "paper" else self.proj_dim
+
+    def encoder_for(self, modality) -> str:
+        """The encoder of a `ModalitySpec`: named in `encoders`, else the default of its kind."""
+        return dict(self.encoders).get(modality.name) or encoders.default_encoder(
+            modality.kind, modality.name
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    w_sup: float = _checked(_number(**_POSITIVE))  # the labels teach through it; PU reads it
+    w_lb: float = _checked(_number(lo=0))
+    w_ulb: float = _checked(_number(lo=0))
+    w_rec: float = _checked(_number(lo=0))
+    pu_mode: str = _checked(_choice(losses.PU_MODES))
+    # Below ~1e-3 the logits reach 1e3 and float32 softmax gradients are all-or-nothing.
+    temperature: float = _checked(_number(lo=1e-3))
+    sigma: float = _checked(_number(**_POSITIVE))
+    label_sigma: float = _checked(_number(**_POSITIVE))
+    threshold: float = _checked(_number(**_UNIT))
+    rec_stop_gradient: bool = _checked(_flag)
+    centroid_decay: float = _checked(_number(**_UNIT))
+    w_uni: float | None = _checked(_number(lo=0))  # paper only
+    rec_target: str | None = _checked(_choice(REC_TARGETS))  # paper only
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    learning_rate: float = _checked(_number(**_POSITIVE))
+    warmup_steps: int = _checked(_integer(0))
+    weight_decay: float = _checked(_number(lo=0))
+    grad_clip_norm: float = _checked(_number(**_POSITIVE))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    num_steps: int = _checked(_integer(0))
+    log_every: int = _checked(_integer(1))
+    eval_every: int = _checked(_integer(1))
+    checkpoint_every: int = _checked(_integer(1))
+    keep_checkpoints: int = _checked(_integer(1))
+    progress_bar: bool = _checked(_flag)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    split: str = _checked(_choice(EVAL_SPLITS))
+    batch_size: int = _checked(_integer(1))
+    missing_rates: tuple[float, ...] = _checked(_rates)
+    mask_seeds: tuple[int, ...] = _checked(_seeds)
+    per_modality_rates: tuple[tuple[float, ...], ...] = _checked(_rate_patterns)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    method: str
+    seed: int
+    data: ml_collections.ConfigDict  # loader-specific, read by the dataset's loader
+    sampling: SamplingConfig
+    model: ModelConfig
+    loss: LossConfig
+    optim: OptimConfig
+    train: TrainConfig
+    eval: EvalConfig
+
+
+_GROUPS = {
+    "sampling": SamplingConfig,
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}
 
 
 def _as_dict(value: Any) -> dict:
@@ -287,7 +245,8 @@ def _as_dict(value: Any) -> dict:
 
 def _group(config: Any, name: str, skip: tuple[str, ...]) -> Any:
     """The typed group `name`: every field checked, the fields in `skip` left None."""
-    cls, rules = _RULES[name]
+    cls = _GROUPS[name]
+    rules = {f.name: f.metadata["check"] for f in dataclasses.fields(cls)}
     if name not in config:
         raise ValueError(f"The config has no `{name}` group; start from configs/watch.py.")
     values = _as_dict(config[name])
@@ -333,7 +292,7 @@ def _check_architecture_fields(config: Any, architecture: str) -> tuple[str, ...
 
 def from_config_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> Config:
     """Builds and validates the typed config; raises ValueError naming the first bad field."""
-    groups = {*_RULES, "data", "method", "seed"}
+    groups = {*_GROUPS, "data", "method", "seed"}
     unknown = sorted(set(_as_dict(config)) - groups)
     if unknown:
         raise ValueError(
@@ -350,7 +309,7 @@ def from_config_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> C
     skip = _check_architecture_fields(
         config, _choice(ARCHITECTURES)("model.architecture", architecture)
     )
-    typed = {name: _group(config, name, skip) for name in _RULES}
+    typed = {name: _group(config, name, skip) for name in _GROUPS}
     model = typed["model"]
     if model.fusion == "attention" and model.latent_dim % model.num_heads:
         raise ValueError(
