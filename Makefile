@@ -29,8 +29,8 @@ lint: setup
 test: lint
 	$(PY) -m pytest --doctest-modules robult_jax tests
 
-# The inner loop (about a minute): as `test`, without the tests marked slow
-# (multi-process and end-to-end CLI runs).
+# The inner loop: as `test`, without the tests marked slow (multi-process,
+# multi-device and end-to-end runs of the CLI or of train_and_evaluate).
 test-fast: lint
 	$(PY) -m pytest --doctest-modules -m "not slow" robult_jax tests
 

@@ -68,7 +68,7 @@ def step_metrics(architecture: str, num_steps: int = 2) -> list[dict[str, float]
     tx = objective.make_optimizer(config.optim, config.train.num_steps)
     schedule = objective.make_schedule(config.optim, config.train.num_steps)
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
-    state = train.create_state(config, model, tx, dataset.spec, init_key, batches.batch(0))
+    state = train.init_state(config, model, tx, dataset.spec, init_key, batches.batch(0))
     step = jax.jit(
         objective.make_train_step(model, tx, config.loss, tasks.get("multiclass"), schedule)
     )

@@ -31,7 +31,7 @@ def _setup(rec_target: str):
     )
     model = models.build_model(config.model, dataset.spec)
     tx = objective.make_optimizer(config.optim, config.train.num_steps)
-    state = train.create_state(config, model, tx, dataset.spec, jax.random.key(0), batches.batch(0))
+    state = train.init_state(config, model, tx, dataset.spec, jax.random.key(0), batches.batch(0))
     task = tasks.get("multiclass")
 
     @jax.jit

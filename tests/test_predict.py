@@ -24,6 +24,9 @@ from robult_jax.data.arrays import load_arrays
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_TRAIN, N_VAL, N_TEST = 72, 24, 24
 
+# Every test here reads one trained workdir (the module fixture trains it: ~12 s).
+pytestmark = pytest.mark.slow
+
 
 def _write_data(path) -> dict:
     """Raw (offset, scaled) arrays with 3 classes; NaN marks a few missing entries in train."""

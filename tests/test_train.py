@@ -62,6 +62,7 @@ def _params(workdir, config):
     return restored
 
 
+@pytest.mark.slow
 def test_one_step_loss_matches_independent_recomputation(tmp_path):
     """The logged step-1 loss is the objective at the initial params; one row per step."""
     raw = _config(**{"train.log_every": 1, "train.eval_every": 1})
@@ -103,6 +104,7 @@ def test_one_step_loss_matches_independent_recomputation(tmp_path):
     np.testing.assert_allclose(logged["train/loss"], float(loss), rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["paper", "fused"])
 def test_training_learns_and_writes_results(tmp_path, architecture):
     # 40 steps (its own compile): 8 are too few for the paper's own fusion stems.
@@ -120,6 +122,7 @@ def test_training_learns_and_writes_results(tmp_path, architecture):
     assert results["subsets"]["a+b"]["accuracy"] > 0.7
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task,metric", [("multilabel", "macro_f1"), ("regression", "mae")])
 def test_other_task_types_train_and_report_their_metrics(tmp_path, task, metric):
     config = _config(**{"data.task": task})
@@ -134,6 +137,7 @@ def test_other_task_types_train_and_report_their_metrics(tmp_path, task, metric)
     )
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_as_uninterrupted(tmp_path):
     config = _config(**{"train.checkpoint_every": 100})
     straight, paused = str(tmp_path / "straight"), str(tmp_path / "paused")
@@ -147,6 +151,7 @@ def test_resume_continues_exactly_as_uninterrupted(tmp_path):
     chex.assert_trees_all_close(a.centroids_CxP, b.centroids_CxP, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["paper", "fused"])
 def test_train_step_on_four_devices_matches_one_device(architecture):
     """The global-batch losses and gradients do not depend on how the batch is split."""
@@ -232,6 +237,7 @@ def test_mesh_shards_batches_across_devices():
     assert len(batch["x"].sharding.device_set) == jax.device_count()
 
 
+@pytest.mark.slow
 def test_train_and_test_missing_patterns_are_configurable_and_saved(tmp_path):
     """Per-modality train-time dropout, per-modality test patterns, masks saved with hashes."""
     from robult_jax import masks as masks_lib
