@@ -164,8 +164,9 @@ class ModelConfig:
 
     def encoder_for(self, modality) -> str:
         """The encoder of a `ModalitySpec`: named in `encoders`, else the default of its kind."""
-        return dict(self.encoders).get(modality.name) or encoders.default_encoder(
-            modality.kind, modality.name
+        return (
+            dict(self.encoders).get(modality.name)
+            or encoders.DEFAULT_ENCODER_BY_KIND[modality.kind]
         )
 
 
@@ -327,17 +328,14 @@ def from_config_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> C
 def check_against_dataset(config: Config, spec) -> None:
     """Checks that need the dataset: modality names, per-modality rates, encoder shapes."""
     names = spec.modality_names
-    order = f"one per modality in the order {', '.join(names)}"
-    rates = config.sampling.modality_dropout_rates
-    if rates and len(rates) != len(names):
-        raise ValueError(
-            f"sampling.modality_dropout_rates={rates} must be empty or hold {len(names)} rates, "
-            f"{order}."
-        )
-    for pattern in config.eval.per_modality_rates:
-        if len(pattern) != len(names):
+    patterns = [("eval.per_modality_rates entry", p) for p in config.eval.per_modality_rates]
+    if config.sampling.modality_dropout_rates:  # () = modality_dropout for every modality
+        patterns.append(("sampling.modality_dropout_rates", config.sampling.modality_dropout_rates))
+    for where, rates in patterns:
+        if len(rates) != len(names):
             raise ValueError(
-                f"eval.per_modality_rates entry {pattern} must hold {len(names)} rates, {order}."
+                f"{where} {rates} must hold {len(names)} rates, one per modality in the order "
+                f"{', '.join(names)}."
             )
     model = config.model
     for name, _ in model.encoders:

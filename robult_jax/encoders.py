@@ -64,51 +64,33 @@ class MLPEncoder(nn.Module):
     @nn.compact
     def __call__(self, x_Bx_: jax.Array, *, train: bool = False) -> jax.Array:
         x_BxI = x_Bx_.reshape(x_Bx_.shape[0], -1)
-        mlp = MLP(
-            hidden_dims=(self.hidden_dim, self.hidden_dim),
-            out_dim=self.latent_dim,
-            dropout_rate=self.dropout_rate,
-            layer_norm=True,
-        )
+        hidden_dims = (self.hidden_dim, self.hidden_dim)
+        mlp = MLP(hidden_dims, self.latent_dim, self.dropout_rate, layer_norm=True)
         return mlp(x_BxI, train=train)
 
 
-class CNN1DEncoder(nn.Module):
-    """Time series (T, F) or (T,): strided Conv1D stack, mean pool over time, dense to D."""
+class ConvEncoder(nn.Module):
+    """Strided conv stack with LayerNorm, global mean pool, dense to D.
+
+    "cnn1d": time series (T, F) or (T,), kernel (5,). "cnn2d": images (X, Y) or
+    (X, Y, Ch), kernel (3, 3). Inputs without a channel axis (grey-scale images,
+    spectrograms, univariate series) get one.
+    """
 
     latent_dim: int
     features: Sequence[int]
     dropout_rate: float
-    kernel_size: int = 5  # fixed; not a config field
+    kernel_size: tuple[int, ...]  # (5,) or (3, 3); fixed, not a config field
 
     @nn.compact
-    def __call__(self, x_BxT_: jax.Array, *, train: bool = False) -> jax.Array:
-        x_BxTxF = x_BxT_[..., None] if x_BxT_.ndim == 2 else x_BxT_
-        x = x_BxTxF
+    def __call__(self, x_Bx_: jax.Array, *, train: bool = False) -> jax.Array:
+        spatial_axes = tuple(range(1, len(self.kernel_size) + 1))
+        x = x_Bx_[..., None] if x_Bx_.ndim == len(spatial_axes) + 1 else x_Bx_
         for width in self.features:
-            # Stride 2 halves T per layer: cheap downsampling without a pooling op.
-            x = nn.Conv(width, kernel_size=(self.kernel_size,), strides=(2,), padding="SAME")(x)
+            # Stride 2 halves each spatial axis: cheap downsampling without a pooling op.
+            x = nn.Conv(width, kernel_size=self.kernel_size, strides=2, padding="SAME")(x)
             x = nn.gelu(nn.LayerNorm()(x))
-        pooled_BxH = x.mean(axis=1)
-        pooled_BxH = nn.Dropout(self.dropout_rate, deterministic=not train)(pooled_BxH)
-        return nn.Dense(self.latent_dim)(pooled_BxH)
-
-
-class CNN2DEncoder(nn.Module):
-    """Images (X, Y) or (X, Y, Ch): strided 3x3 conv stack, global mean pool, dense to D."""
-
-    latent_dim: int
-    features: Sequence[int]
-    dropout_rate: float
-
-    @nn.compact
-    def __call__(self, x_BxXxY_: jax.Array, *, train: bool = False) -> jax.Array:
-        # Grey-scale images and spectrograms come as (X, Y): give them one channel.
-        x = x_BxXxY_[..., None] if x_BxXxY_.ndim == 3 else x_BxXxY_
-        for width in self.features:
-            x = nn.Conv(width, kernel_size=(3, 3), strides=(2, 2), padding="SAME")(x)
-            x = nn.gelu(nn.LayerNorm()(x))
-        pooled_BxH = x.mean(axis=(1, 2))
+        pooled_BxH = x.mean(axis=spatial_axes)
         pooled_BxH = nn.Dropout(self.dropout_rate, deterministic=not train)(pooled_BxH)
         return nn.Dense(self.latent_dim)(pooled_BxH)
 
@@ -120,12 +102,10 @@ _ALLOWED_RANKS = {"mlp": None, "cnn1d": (1, 2), "cnn2d": (2, 3), "transformer": 
 def check_encoder(
     encoder_name: str, modality_name: str, shape: Sequence[int], kind: str | None = None
 ) -> None:
-    """Raises ValueError if `encoder_name` is unknown or cannot take inputs of `shape` (`kind`)."""
-    if encoder_name not in ENCODER_NAMES:
-        raise ValueError(
-            f"model.encoders[{modality_name!r}] = {encoder_name!r} is not a known encoder; "
-            f"allowed: {ENCODER_NAMES}"
-        )
+    """Raises ValueError if encoder `encoder_name` cannot take inputs of `shape` (`kind`).
+
+    The name itself is one of ENCODER_NAMES: config.py checks `model.encoders`.
+    """
     ranks = _ALLOWED_RANKS[encoder_name]
     if ranks is not None and len(shape) not in ranks:
         raise ValueError(
@@ -147,18 +127,8 @@ def check_encoder(
             )
 
 
-def default_encoder(kind: str, modality_name: str) -> str:
-    """The encoder used for a modality of `kind` that `model.encoders` does not name."""
-    if kind not in DEFAULT_ENCODER_BY_KIND:
-        raise ValueError(
-            f"modality {modality_name!r} has kind {kind!r}; "
-            f"allowed kinds: {tuple(DEFAULT_ENCODER_BY_KIND)}"
-        )
-    return DEFAULT_ENCODER_BY_KIND[kind]
-
-
 def make_encoder(encoder_name: str, model, *, name: str | None = None) -> nn.Module:
-    """Builds the encoder module called `encoder_name` (see ENCODER_NAMES).
+    """Builds the encoder module called `encoder_name` (one of ENCODER_NAMES, checked in config.py).
 
     `model` is the typed `config.ModelConfig`: every encoder reads its widths
     from it (`seq_width`, `seq_layers` and `num_heads` only the sequence
@@ -168,14 +138,12 @@ def make_encoder(encoder_name: str, model, *, name: str | None = None) -> nn.Mod
     if encoder_name == "mlp":
         return MLPEncoder(d, model.hidden_dim, rate, name=name)
     if encoder_name == "cnn1d":
-        return CNN1DEncoder(d, tuple(model.cnn1d_features), rate, name=name)
+        return ConvEncoder(d, tuple(model.cnn1d_features), rate, (5,), name=name)
     if encoder_name == "cnn2d":
-        return CNN2DEncoder(d, tuple(model.cnn2d_features), rate, name=name)
+        return ConvEncoder(d, tuple(model.cnn2d_features), rate, (3, 3), name=name)
     width = model.seq_width or d
     if encoder_name == "transformer":
         return seq.TransformerSequenceEncoder(
             d, width, model.seq_layers, model.num_heads, model.hidden_dim, rate, name=name
         )
-    if encoder_name == "gru":
-        return seq.GRUSequenceEncoder(d, width, model.seq_layers, rate, name=name)
-    raise ValueError(f"unknown encoder {encoder_name!r}; allowed: {ENCODER_NAMES}")
+    return seq.GRUSequenceEncoder(d, width, model.seq_layers, rate, name=name)

@@ -1,15 +1,9 @@
-"""Robult's losses: pure, per-example, jit-able functions (docs/method.md section 3).
+"""Robult's losses (docs/method.md section 3): pure, per-example, jit-able, optax-style.
 
-Written in the style of optax's loss modules: arrays first, keyword-only
-hyper-parameters, masks as arguments, per-example outputs. Only static shapes
-and dtypes are checked (a ValueError naming both shapes), so every function
-also validates under `jax.jit`; hyper-parameter values are validated once, with
-the config. String arguments such as `task` and `mode` must be static under jit.
-
-The contrastive loss is split in two: `positive_weights` decides how far each
-pair (anchor j, candidate k) counts as positive, per task type (rules in
-`robult_jax.task_weights`), and `weighted_contrastive_loss` is the generic loss
-for any such weight matrix; `soft_pu_contrastive_loss` composes them.
+Only static shapes and dtypes are checked (a ValueError naming both shapes), so
+every check also runs under `jax.jit`; hyper-parameter values are validated with
+the config. `task` and `mode` must be static under jit. The contrastive loss is
+`weighted_contrastive_loss` with the weights of `positive_weights`.
 
 Shape legend: B batch, M modalities, D latent width, P projection width,
 C classes (or outputs).
@@ -56,69 +50,46 @@ def masked_mean(x: jax.Array, where: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------- L_sup
 
 
-def _check_logits(logits_BxC: jax.Array) -> None:
+def _check_logits(logits_BxC: jax.Array, name: str, labels: jax.Array, ndim: int) -> None:
+    """The classification losses' checks: (B, C) logits, labels of their first `ndim` dims."""
     if logits_BxC.ndim != 2:
         raise ValueError(f"logits_BxC must have shape (B, C), got {logits_BxC.shape}.")
+    check_shape(name, labels, logits_BxC.shape[:ndim], f"logits_BxC {logits_BxC.shape}")
 
 
 def multiclass_loss(logits_BxC: jax.Array, labels_B: jax.Array) -> jax.Array:
-    """Softmax cross-entropy -log softmax(logits)[y], per example (optax).
+    """Softmax cross-entropy l_j = -log softmax(x_j)[y_j]; int labels -> loss_B.
 
-    Out-of-range labels cannot be checked under jit; optax indexes like numpy
-    gathers in JAX: y >= C (or y < -C) gives a nan loss (mask such rows out
-    with `masked_mean`, whose `jnp.where` keeps the nan out of the mean and the
-    gradient), and -C <= y < 0 wraps to class y + C.
+    Out-of-range labels cannot be checked under jit: y >= C (or y < -C) gives a
+    nan loss (mask such rows out with `masked_mean`), -C <= y < 0 wraps to y + C.
 
     >>> multiclass_loss(jnp.zeros((2, 4)), jnp.array([0, 3])).round(4)
     Array([1.3863, 1.3863], dtype=float32)
-
-    Args:
-      logits_BxC: (B, C) float logits.
-      labels_B: (B,) int class indices in [0, C).
-
-    Returns:
-      loss_B, shape (B,).
     """
-    _check_logits(logits_BxC)
-    check_shape("labels_B", labels_B, logits_BxC.shape[:1], f"logits_BxC {logits_BxC.shape}")
+    _check_logits(logits_BxC, "labels_B", labels_B, 1)
     if not jnp.issubdtype(labels_B.dtype, jnp.integer):
         raise ValueError(f"multiclass labels must be integers, got dtype {labels_B.dtype}.")
     return optax.losses.softmax_cross_entropy_with_integer_labels(logits_BxC, labels_B)
 
 
 def multilabel_loss(logits_BxC: jax.Array, labels_BxC: jax.Array) -> jax.Array:
-    """Sigmoid binary cross-entropy averaged over the C labels, per example (optax).
+    """Sigmoid cross-entropy over targets y in [0, 1] (0/1 or soft) -> loss_B.
 
         l_j = mean_c -(y_jc log sigmoid(x_jc) + (1 - y_jc) log sigmoid(-x_jc))
 
     >>> multilabel_loss(jnp.zeros((1, 2)), jnp.array([[1.0, 0.0]])).round(4)
     Array([0.6931], dtype=float32)
-
-    Args:
-      logits_BxC: (B, C) float logits.
-      labels_BxC: (B, C) targets in [0, 1] (0/1 or soft).
-
-    Returns:
-      loss_B, shape (B,).
     """
-    _check_logits(logits_BxC)
-    check_shape("labels_BxC", labels_BxC, logits_BxC.shape, f"logits_BxC {logits_BxC.shape}")
+    _check_logits(logits_BxC, "labels_BxC", labels_BxC, 2)
     bce_BxC = optax.losses.sigmoid_binary_cross_entropy(logits_BxC, labels_BxC)
     return jnp.mean(bce_BxC, axis=-1)
 
 
 def regression_loss(preds_Bx1: jax.Array, labels_B: jax.Array) -> jax.Array:
-    """L1 loss |pred_j - y_j|, per example.
+    """L1 loss l_j = |pred_j - y_j| of the head's single output -> loss_B.
 
     >>> regression_loss(jnp.array([[0.5], [-2.0]]), jnp.array([1.5, -1.0]))
     Array([1., 1.], dtype=float32)
-
-    Args:
-      preds_Bx1: (B, 1) predicted values (the head's single output).
-      labels_B: (B,) float targets.
-
-    Returns:
-      loss_B, shape (B,).
     """
     if preds_Bx1.ndim != 2 or preds_Bx1.shape[1] != 1:
         raise ValueError(f"regression needs preds_Bx1 of shape (B, 1), got {preds_Bx1.shape}.")
@@ -129,20 +100,12 @@ def regression_loss(preds_Bx1: jax.Array, labels_B: jax.Array) -> jax.Array:
 def supervised_loss(
     logits_BxC: jax.Array, labels: jax.Array, *, task: str = "multiclass"
 ) -> jax.Array:
-    """Per-example task loss L_sup (docs/method.md 3.1); mask unlabeled rows outside.
+    """L_sup (docs/method.md 3.1): `tasks.get(task).loss`, i.e. the `<task>_loss` above.
 
-    `tasks.get(task).loss`:
-
-    - "multiclass": `multiclass_loss`, labels (B,) int in [0, C) (see there
-      for out-of-range labels: nan for y >= C, wrap-around for negative y).
-    - "multilabel": `multilabel_loss`, labels (B, C) in [0, 1].
-    - "regression": `regression_loss`, labels (B,) float, C must be 1.
+    Returns loss_B for every row; mask the unlabeled ones outside.
 
     >>> supervised_loss(jnp.zeros((2, 4)), jnp.array([0, 3])).round(4)
     Array([1.3863, 1.3863], dtype=float32)
-
-    Returns:
-      loss_B, shape (B,).
     """
     from robult_jax import tasks  # deferred: tasks imports this module
 
@@ -166,32 +129,20 @@ def positive_weights(
     task: str = "multiclass",
     label_sigma: float = 0.5,
 ) -> jax.Array:
-    """Positive weights w_jk in [0, 1] of the soft PU contrastive loss (docs/method.md 3.2).
+    """w_BxB in [0, 1] (row j = anchor, column k = candidate; docs/method.md 3.2).
 
-    `tasks.get(task).positive_weights`: the modes "soft", "hard" and "none" are
-    described in `task_weights`' module docstring, each task's terms in
-    `task_weights.multiclass_weights`, `multilabel_weights` and `regression_weights`.
-    Arguments a task does not use are ignored (`label_sigma`: regression only;
-    the centroids: multiclass only; `threshold`: not regression), so that a
-    trainer may pass its state unconditionally.
-
-    Args:
-      labels_B: (B,) int class indices ("multilabel": (B, C) label vectors;
-        "regression": (B,) float targets).
-      is_labeled_B: (B,) bool.
-      probs_BxC: (B, C) the classifier's beliefs, `Task.beliefs`: softmax
-        ("multiclass"), sigmoid ("multilabel") or the value (B, 1) ("regression").
-      s_BxP: (B, P) fused embeddings, for the RBF proximity.
-      centroids_CxP: optional (C, P) per-class EMA of labeled embeddings.
-      centroid_valid_C: optional (C,) bool, which centroids exist (default all).
+    `tasks.get(task).positive_weights`; the modes and rules are in
+    `robult_jax.task_weights`. Labels and beliefs (`Task.beliefs`) take the
+    task's shapes: multilabel (B, C) label vectors, regression (B,) float
+    targets and (B, 1) values. Arguments a task does not use are ignored
+    (`label_sigma`: regression only; the centroids, an EMA of labeled embeddings
+    per class: multiclass only; `threshold`: not regression), so that a trainer
+    may pass its state unconditionally.
 
     >>> positive_weights(jnp.array([0, 1]), jnp.array([True, True]),
     ...                  jnp.eye(2), jnp.zeros((2, 3)))
     Array([[1., 0.],
            [0., 1.]], dtype=float32)
-
-    Returns:
-      w_BxB, shape (B, B): row j = anchor, column k = candidate.
     """
     from robult_jax import tasks  # deferred: tasks imports this module
 
@@ -209,10 +160,9 @@ def weighted_contrastive_loss(
     *,
     temperature: float,
 ) -> tuple[jax.Array, jax.Array]:
-    """Contrastive loss between s and each z_i with given positive weights w.
+    """Contrastive loss between anchors s and each modality's candidates z_i, weights w.
 
-    For modality i, anchor j (fused s_j) and candidates k with modality i
-    present (m_ki):
+    For modality i, anchor j and candidates k with modality i present (m_ki):
 
         logit_ijk = <s_j, z_ik> / tau
         l_ij = - sum_k w_jk m_ki log softmax_{k: m_ki}(logit_ijk) / sum_k w_jk m_ki
@@ -233,17 +183,7 @@ def weighted_contrastive_loss(
     >>> [round(float(x), 4) for x in loss[:, 0]]  # -log(e / (e + 1)) for both anchors
     [0.3133, 0.3133]
 
-    Args:
-      s_BxP: (B, P) anchors (fused embeddings).
-      z_BxMxP: (B, M, P) candidates (unimodal embeddings).
-      w_BxB: (B, B) positive weights, row j = anchor, column k = candidate.
-      mask_BxM: (B, M) bool, modality presence.
-      temperature: tau > 0.
-
-    Returns:
-      loss_BxM: (B, M) per-example, per-modality loss (0 where not valid).
-      valid_BxM: (B, M) bool, = mask_BxM.
-    Reduce with `reduce_pu_losses`.
+    Returns (loss_BxM, valid_BxM = mask_BxM), for `reduce_pu_losses`.
     """
     if s_BxP.ndim != 2:
         raise ValueError(f"s_BxP must have shape (B, P), got {s_BxP.shape}.")
@@ -280,13 +220,8 @@ def soft_pu_contrastive_loss(
     sigma: float = 0.5, threshold: float = 0.0, centroids_CxP: jax.Array | None = None,
     centroid_valid_C: jax.Array | None = None, task: str = "multiclass", label_sigma: float = 0.5,
 ) -> tuple[jax.Array, jax.Array]:  # fmt: skip
-    """Soft positive-unlabeled contrastive loss between s and each z_i (docs/method.md 3.2).
-
-    Exactly weighted_contrastive_loss(s_BxP, z_BxMxP, positive_weights(labels_B,
-    is_labeled_B, probs_BxC, s_BxP, ...), mask_BxM, temperature=temperature), the
-    other keywords going to `positive_weights`, which gives their per-task shapes;
-    returns (loss_BxM, valid_BxM) as `weighted_contrastive_loss` does.
-    """
+    """Soft PU contrastive loss (docs/method.md 3.2): `weighted_contrastive_loss` with
+    w = `positive_weights(labels_B, is_labeled_B, probs_BxC, s_BxP, ...)`."""
     w_BxB = positive_weights(
         labels_B, is_labeled_B, probs_BxC, s_BxP, mode=mode, sigma=sigma, threshold=threshold,
         centroids_CxP=centroids_CxP, centroid_valid_C=centroid_valid_C, task=task,
@@ -298,10 +233,7 @@ def soft_pu_contrastive_loss(
 def reduce_pu_losses(
     loss_BxM: jax.Array, valid_BxM: jax.Array, is_labeled_B: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """(L_lb, L_ulb): mean of loss over valid (j, i) with j labeled / unlabeled.
-
-    Each is sum(loss * valid * sel) / max(1, count), so 0 when empty.
-    """
+    """(L_lb, L_ulb): `masked_mean` of loss over valid (j, i), j labeled / unlabeled."""
     check_shape("valid_BxM", valid_BxM, loss_BxM.shape, f"loss_BxM {loss_BxM.shape}")
     check_shape("is_labeled_B", is_labeled_B, loss_BxM.shape[:1], f"loss_BxM {loss_BxM.shape}")
     valid_BxM = valid_BxM.astype(bool)
@@ -327,9 +259,6 @@ def latent_reconstruction_loss(
     >>> latent_reconstruction_loss(jnp.ones((1, 2, 4)), jnp.zeros((1, 2, 4)),
     ...                            jnp.array([[True, False]]))
     Array([[1., 0.]], dtype=float32)
-
-    Returns:
-      loss_BxM, shape (B, M).
     """
     if h_hat_BxMxD.ndim != 3:
         raise ValueError(f"h_hat_BxMxD must have shape (B, M, D), got {h_hat_BxMxD.shape}.")

@@ -4,18 +4,10 @@
 figure, `model.architecture = "paper"`) or `FusedRobult` (this project's first
 reconstruction, `"fused"`). Both are called as
 `model.apply({"params": p}, inputs, mask_BxM, train=...)` and return one dict
-with the same keys, which the objective (robult_jax/objective.py) reads without
-knowing the architecture:
-
-  logits_BxC        the prediction (what evaluation and `predict` use)
-  fused_logits_BxC  the fused branch (paper: c(h_0); fused: q(...)): L_sup's main
-                    term and the classifier beliefs of the PU weights
-  fused_valid_B     rows where the fused branch exists (paper: every modality
-                    present; fused: every row)
-  uni_logits_BxMxC  paper only: c(u_i + z_i), the per-modality predictions
-  s_BxP, z_BxMxP    unit-sphere embeddings compared by the contrastive loss
-  h_BxMxD, h0_BxD   unimodal latents h_i and the fused latent h_0
-  h_hat_BxMxD       what L_rec compares with its target
+with the same keys (`logits_BxC`, `fused_logits_BxC`, `fused_valid_B`, `s_BxP`,
+`z_BxMxP`, `h_BxMxD`, `h0_BxD`, `h_hat_BxMxD`; "paper" adds `uni_logits_BxMxC`;
+what each holds: docs/interfaces.md), so that the objective never asks which
+architecture it has.
 
 Shape legend: B batch, M modalities, D latent width, K unique width (fused),
 P projection width (paper: P = D), C classes (outputs).
@@ -35,12 +27,55 @@ from robult_jax import encoders as enc
 from robult_jax import tasks
 from robult_jax.config import ModelConfig
 from robult_jax.data.types import ModalitySpec
-from robult_jax.fusion import AttentionFusion, MeanFusion, mean_over_present
 
 
 def l2_normalize(x_Bx_: jax.Array, *, eps: float = 1e-12) -> jax.Array:
     """x / ||x|| along the last axis; eps inside the rsqrt keeps x = 0 finite (and its grad)."""
     return x_Bx_ * jax.lax.rsqrt(jnp.sum(jnp.square(x_Bx_), axis=-1, keepdims=True) + eps)
+
+
+def mean_over_present(x_BxMx_: jax.Array, mask_BxM: jax.Array) -> jax.Array:
+    """Mean over the present modalities (axis 1); rows with none present give zeros, not NaN."""
+    m = mask_BxM.reshape(mask_BxM.shape + (1,) * (x_BxMx_.ndim - 2)).astype(x_BxMx_.dtype)
+    return (x_BxMx_ * m).sum(axis=1) / jnp.maximum(m.sum(axis=1), 1.0)
+
+
+class Fusion(nn.Module):
+    """f_0 of "fused" [ours] over the present h_i, then an MLP: `kind` "attention" (one
+    pre-LN transformer block over modality tokens, masked mean-pool) or "mean" (masked mean)."""
+
+    kind: str
+    latent_dim: int
+    num_heads: int
+    hidden_dim: int
+    dropout_rate: float
+
+    @nn.compact
+    def __call__(self, h_BxMxD: jax.Array, mask_BxM: jax.Array, *, train: bool) -> jax.Array:
+        x_BxMxD = h_BxMxD
+        if self.kind == "attention":
+            shape = (h_BxMxD.shape[1], self.latent_dim)
+            embed_MxD = self.param("modality_embed_MxD", nn.initializers.normal(0.02), shape)
+            # Tells the block which token is which modality (tokens are otherwise unordered).
+            x_BxMxD = h_BxMxD + embed_MxD[None]
+            # A row with no modality present would mask every key; let such rows attend
+            # to all tokens instead. Their h_i are zeros, so nothing input-dependent
+            # enters, and the result is discarded by the masked mean-pool below.
+            key_mask_BxM = mask_BxM | ~mask_BxM.any(axis=1, keepdims=True)
+            attn_mask_Bx1xMxM = nn.make_attention_mask(jnp.ones_like(key_mask_BxM), key_mask_BxM)
+            y_BxMxD = nn.MultiHeadDotProductAttention(
+                num_heads=self.num_heads,
+                qkv_features=self.latent_dim,
+                out_features=self.latent_dim,
+                dropout_rate=self.dropout_rate,
+                name="attention",
+            )(nn.LayerNorm()(x_BxMxD), mask=attn_mask_Bx1xMxM, deterministic=not train)
+            x_BxMxD = x_BxMxD + y_BxMxD
+            ff = enc.MLP((self.hidden_dim,), self.latent_dim, self.dropout_rate, name="ffn")
+            x_BxMxD = x_BxMxD + ff(nn.LayerNorm()(x_BxMxD), train=train)
+        pooled_BxD = mean_over_present(x_BxMxD, mask_BxM)
+        out = enc.MLP((self.hidden_dim,), self.latent_dim, self.dropout_rate, name="out_mlp")
+        return out(pooled_BxD, train=train)
 
 
 class _Base(nn.Module):
@@ -163,12 +198,14 @@ class FusedRobult(_Base):
         mask_BxMx1 = mask_BxM[..., None]
         h_BxMxD = self.encode(inputs, mask_BxM, "encoder", train=train)
 
-        if cfg.fusion == "attention":
-            fusion = AttentionFusion(
-                cfg.latent_dim, cfg.num_heads, cfg.hidden_dim, cfg.dropout_rate, name="fusion"
-            )
-        else:
-            fusion = MeanFusion(cfg.latent_dim, cfg.hidden_dim, cfg.dropout_rate, name="fusion")
+        fusion = Fusion(
+            cfg.fusion,
+            cfg.latent_dim,
+            cfg.num_heads,
+            cfg.hidden_dim,
+            cfg.dropout_rate,
+            name="fusion",
+        )
         h0_BxD = fusion(h_BxMxD, mask_BxM, train=train)
 
         # c: one projection head shared by the fused and the unimodal latents, so

@@ -2,24 +2,12 @@
 
   python -m robult_jax.predict --workdir runs/watch --input new.npz --output preds.npz
 
+Inputs, outputs and the Python API (`load_trained`, `predict_arrays`): docs/own_data.md
+section 4. The model is the run's best-on-validation checkpoint (`<workdir>/best`);
+inputs are raw, normalised here as in training (`<workdir>/input_stats.npz`); arrays
+that are not modalities or the mask (labels, split, ...) are ignored.
+
 Shape legend: N samples, M modalities, C classes (or outputs).
-
-Input: a .npz file (or a directory of .npy files) holding one *raw* array per
-modality the model was trained on, named as in training, (N, *shape); the
-normalisation the training loader applied (`<workdir>/input_stats.npz`) is
-applied here. A sample's modality counts as missing where its array holds any
-NaN, or where the optional "mask" array ((N, M) bool, columns in the model's
-modality order, written to the output as `modality_names`) is False. An array
-absent from the file is an error, unless the mask marks that modality False
-for every sample. Other arrays (labels, split, ...) are ignored.
-
-Output .npz: probabilities (N, C) (softmax for multiclass, sigmoid for
-multilabel, the value itself for regression), predictions ((N,) class ids;
-(N, C) 0/1 for multilabel; (N,) values for regression), logits (N, C),
-mask (N, M) as used, modality_names (M,) and class_names (C,).
-
-The model is the best-on-validation checkpoint of the run (`<workdir>/best`);
-`load_trained` and `predict_arrays` do the same from Python.
 """
 
 import dataclasses
@@ -156,13 +144,12 @@ def predict_arrays(
     *,
     where: Callable[[str], str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Class probabilities and predictions for raw `inputs` {modality: (N, *shape)}.
+    """The output arrays of docs/own_data.md section 4 for raw `inputs` {modality: (N, *shape)}.
 
     A modality is missing for a sample where its array holds NaN or `mask`
     ((N, M) bool, columns in `trained.spec.modality_names` order) is False; an
     array may be left out only if `mask` marks it False for every sample.
     `where(key)` names array `key` in error messages (default "inputs['key']").
-    Returns the arrays described in the module docstring.
     """
     where = where or (lambda key: f"inputs[{key!r}]")
     spec = trained.spec

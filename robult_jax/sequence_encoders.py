@@ -4,15 +4,10 @@ Input convention (robult_jax/data/benchmarks/affect.py): each sample is
 (T, F + 1), right-padded with zero steps; the LAST channel is 1.0 at valid
 steps and 0.0 at padding. An absent modality is all zeros, i.e. all padding.
 
-- "transformer": Dense projection of the F features, learned positional
-  embedding, pre-LayerNorm self-attention blocks with a key padding mask,
-  masked mean-pool over the valid steps, Dense to D.
-- "gru": Dense projection, stacked GRUs run with `seq_lengths`, the hidden
-  state at the last valid step, Dense to D.
-
-Both read only the valid steps: feature values at padded steps are replaced by
-zeros first, so no output depends on them (not even on a NaN a loader left
-there), and a row without any valid step gives finite outputs and gradients.
+Both encoders ("transformer", "gru") read only the valid steps: feature values
+at padded steps are replaced by zeros first, so no output depends on them (not
+even on a NaN a loader left there), and a row without any valid step gives
+finite outputs and gradients.
 
 Shape legend: B batch, T time steps, F features per step (validity channel
 excluded), W sequence width, D latent width, H feed-forward hidden width.
@@ -72,7 +67,9 @@ class TransformerBlock(nn.Module):
 
 
 class TransformerSequenceEncoder(nn.Module):
-    """(B, T, F + 1) -> (B, D): projection, positions, masked self-attention, masked mean-pool."""
+    """(B, T, F + 1) -> (B, D): Dense projection of the F features, learned positional
+    embedding, pre-LayerNorm self-attention blocks with a key padding mask, masked
+    mean-pool over the valid steps, Dense to D."""
 
     latent_dim: int
     width: int
@@ -110,7 +107,8 @@ class TransformerSequenceEncoder(nn.Module):
 
 
 class GRUSequenceEncoder(nn.Module):
-    """(B, T, F + 1) -> (B, D): projection, stacked GRUs, hidden state at the last valid step.
+    """(B, T, F + 1) -> (B, D): Dense projection, stacked GRUs run with `seq_lengths`, the
+    hidden state at the last valid step, Dense to D.
 
     Assumes the data convention that valid steps come first (right padding): the
     GRU runs over the first sum(valid) steps of each row.

@@ -42,8 +42,6 @@ _REGISTRY: dict[str, Loader] = {}
 
 def register_dataset(name: str, fn: Loader, *, overwrite: bool = False) -> None:
     """Registers `fn(data_config) -> Dataset` under `name`."""
-    if not name:
-        raise ValueError("register_dataset: name must be a non-empty string.")
     if not overwrite and (name in _REGISTRY or name in _BUILTIN):
         raise ValueError(
             f"Dataset {name!r} is already registered; pass overwrite=True to replace it."
@@ -70,14 +68,8 @@ def get_loader(name: str) -> Loader:
 
 
 def load_dataset(data_config: Any) -> Dataset:
-    """Loads the dataset named by `data_config.name`."""
-    name = getattr(data_config, "name", None)
-    if not isinstance(name, str):
-        raise ValueError(
-            f"data.name must be a string naming a dataset; registered: "
-            f"{', '.join(registered_datasets())}."
-        )
-    return get_loader(name)(data_config)
+    """Loads the dataset named by `data_config.name` (a string: config.py checks it)."""
+    return get_loader(data_config.name)(data_config)
 
 
 def resolve_data_dir(data_config: Any) -> str:

@@ -33,12 +33,6 @@ _DROPOUT_STREAM = 0xD409
 _UNSTRATIFIED_ID = 2**31  # label_split sub-stream when labels are not classes
 
 
-def _check_seed(seed: int) -> int:
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
-    return int(seed)
-
-
 def label_split(labels: np.ndarray, rate: float, seed: int) -> np.ndarray:
     """Sorted indices of the labeled training examples.
 
@@ -49,14 +43,13 @@ def label_split(labels: np.ndarray, rate: float, seed: int) -> np.ndarray:
     Args:
       labels: (N,) int class labels, or (N, ...) labels of another task.
       rate: fraction of labeled examples, in (0, 1] (config `data.label_rate`).
-      seed: non-negative int.
+      seed: non-negative int (config `sampling.label_seed`).
 
     Returns:
       (n_labeled,) int64 sorted indices into the split.
     """
     if not (0.0 < rate <= 1.0):
         raise ValueError(f"data.label_rate must be in (0, 1], got {rate!r}.")
-    seed = _check_seed(seed)
     labels = np.asarray(labels)
     n = len(labels)
     if n == 0:
@@ -72,8 +65,6 @@ def label_split(labels: np.ndarray, rate: float, seed: int) -> np.ndarray:
         return rng.choice(pool, size=k, replace=False)
 
     if labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer):
-        if labels.min() < 0:
-            raise ValueError("label_split: class labels must be non-negative integers.")
         chosen = [take(np.flatnonzero(labels == c), int(c)) for c in np.unique(labels)]
         idx = np.concatenate(chosen)
     else:
@@ -138,16 +129,7 @@ def modality_dropout_mask(
     Absent modalities never become present; a row with no modality in the
     data stays empty.
     """
-    rates = np.asarray(rate, dtype=np.float64)
-    if rates.ndim == 0:
-        rates = np.full((m,), float(rates))
-    if rates.shape != (m,):
-        raise ValueError(
-            f"data.modality_dropout_rates has {rates.size} entries but the dataset has {m} "
-            "modalities; give one rate per modality, in the dataset's modality order."
-        )
-    if not np.all((rates >= 0.0) & (rates < 1.0)):
-        raise ValueError(f"data.modality_dropout must be in [0, 1), got {rate!r}.")
+    rates = _dropout_rates(rate, m)
     present = np.ones((n, m), bool) if data_mask is None else np.asarray(data_mask, bool)
     if present.shape != (n, m):
         raise ValueError(f"data_mask has shape {present.shape}, expected {(n, m)}.")
@@ -164,6 +146,21 @@ def modality_dropout_mask(
         cols = np.argmax(np.cumsum(present[rows], axis=1) > k[:, None], axis=1)
         keep[rows, cols] = True
     return keep
+
+
+def _dropout_rates(rate: float | Sequence[float], m: int) -> np.ndarray:
+    """(m,) float64 dropout rates from one rate or one per modality, checked."""
+    rates = np.asarray(rate, dtype=np.float64)
+    if rates.ndim == 0:
+        rates = np.full((m,), float(rates))
+    if rates.shape != (m,):
+        raise ValueError(
+            f"data.modality_dropout_rates has {rates.size} entries but the dataset has {m} "
+            "modalities; give one rate per modality, in the dataset's modality order."
+        )
+    if not np.all((rates >= 0.0) & (rates < 1.0)):
+        raise ValueError(f"data.modality_dropout must be in [0, 1), got {rate!r}.")
+    return rates
 
 
 def _stream(idx: np.ndarray, batch: int, step: int, seed: int, stream: int) -> np.ndarray:
@@ -208,41 +205,24 @@ class SemiSupervisedSampler:
         seed: int,
     ):
         n = len(split)
-        labeled_idx = np.asarray(labeled_idx, dtype=np.int64)
-        if labeled_idx.ndim != 1 or len(labeled_idx) == 0:
-            raise ValueError("labeled_idx must be a non-empty 1-D index array.")
-        if labeled_idx.min() < 0 or labeled_idx.max() >= n:
+        # Batch sizes and seed come checked from config.py; the indices from
+        # `label_split` (distinct, at least one), perhaps via a file of another split.
+        labeled_idx = np.sort(np.asarray(labeled_idx, dtype=np.int64))
+        if not 0 <= labeled_idx[0] <= labeled_idx[-1] < n:
             raise ValueError(f"labeled_idx must lie in [0, {n}).")
-        if len(np.unique(labeled_idx)) != len(labeled_idx):
-            raise ValueError("labeled_idx has duplicate indices.")
-        if labeled_batch < 1 or unlabeled_batch < 0:
-            raise ValueError(
-                f"labeled_batch must be >= 1 and unlabeled_batch >= 0, got "
-                f"{labeled_batch}, {unlabeled_batch}."
-            )
-        rates = np.atleast_1d(np.asarray(modality_dropout, dtype=np.float64))
-        if not np.all((rates >= 0.0) & (rates < 1.0)):
-            raise ValueError(f"data.modality_dropout must be in [0, 1), got {modality_dropout!r}.")
-        if rates.size not in (1, split.mask.shape[1]):
-            raise ValueError(
-                f"data.modality_dropout_rates has {rates.size} entries but the dataset has "
-                f"{split.mask.shape[1]} modalities; give one rate per modality."
-            )
         self.split = split
-        self.labeled_idx = np.sort(labeled_idx)
+        self.labeled_idx = labeled_idx
         unlabeled = np.setdiff1d(np.arange(n, dtype=np.int64), self.labeled_idx)
         self.unlabeled_idx = unlabeled if len(unlabeled) else np.arange(n, dtype=np.int64)
         self.labeled_batch = int(labeled_batch)
         self.unlabeled_batch = int(unlabeled_batch)
         self.batch_size = self.labeled_batch + self.unlabeled_batch
-        # A float, or one rate per modality (train-time patterns may differ from test's).
-        self.modality_dropout = float(rates[0]) if rates.size == 1 else tuple(rates.tolist())
-        self.seed = _check_seed(seed)
+        # One rate per modality (train-time patterns may differ from test's).
+        self.modality_dropout = _dropout_rates(modality_dropout, split.mask.shape[1])
+        self.seed = seed
 
     def indices(self, step: int) -> np.ndarray:
         """(B,) split indices of batch `step` (labeled rows first)."""
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}.")
         lab = _stream(self.labeled_idx, self.labeled_batch, step, self.seed, _LABELED_STREAM)
         unl = _stream(self.unlabeled_idx, self.unlabeled_batch, step, self.seed, _UNLABELED_STREAM)
         return np.concatenate([lab, unl])
@@ -266,6 +246,11 @@ class SemiSupervisedSampler:
         }
 
 
+def _pad(x: np.ndarray, pad: int) -> np.ndarray:
+    """`x` with `pad` zero rows appended."""
+    return np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+
+
 def iterate_eval_batches(
     split: Split, batch_size: int, mask: np.ndarray | None = None
 ) -> Iterator[dict]:
@@ -279,8 +264,6 @@ def iterate_eval_batches(
 
     Yields dicts {"inputs", "mask", "labels", "valid"}.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     n, m = split.mask.shape
     full = split.mask if mask is None else split.mask & np.asarray(mask, bool)
     if full.shape != (n, m):
@@ -289,15 +272,10 @@ def iterate_eval_batches(
         rows = np.arange(start, min(start + batch_size, n))
         pad = batch_size - len(rows)
         mask_b = np.concatenate([full[rows], np.ones((pad, m), bool)])
-        inputs = {
-            name: np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
-            for name, xb in _gather(split, rows, full[rows]).items()
-        }
-        labels = split.labels[rows]
-        labels = np.concatenate([labels, np.zeros((pad, *labels.shape[1:]), labels.dtype)])
+        inputs = {name: _pad(xb, pad) for name, xb in _gather(split, rows, full[rows]).items()}
         yield {
             "inputs": inputs,
             "mask": mask_b,
-            "labels": labels,
+            "labels": _pad(split.labels[rows], pad),
             "valid": np.arange(batch_size) < len(rows),
         }

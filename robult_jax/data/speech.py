@@ -28,6 +28,7 @@ uses every frame; speaking rate is a nuisance variable here. Output shape:
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import os
 import threading
@@ -139,15 +140,10 @@ class ESpeak:
         return np.concatenate(chunks) if chunks else np.zeros((0,), np.int16)
 
 
-_ESPEAK: ESpeak | None = None
-
-
+@functools.cache
 def get_espeak() -> ESpeak:
-    """The process-wide synthesiser (initialised on first use)."""
-    global _ESPEAK
-    if _ESPEAK is None:
-        _ESPEAK = ESpeak()
-    return _ESPEAK
+    """The process-wide synthesiser (initialised on first use; a failed start is retried)."""
+    return ESpeak()
 
 
 def espeak_synthesize(text: str, *, voice: str, rate: int, pitch: int) -> np.ndarray:
