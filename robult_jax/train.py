@@ -87,9 +87,9 @@ def write_dataset_artifacts(workdir: str, dataset) -> None:
 def _label_split(sampling: config_lib.SamplingConfig, dataset, workdir: str) -> np.ndarray:
     """The labeled training indices, saved beside the results (or re-read on resume)."""
     path = os.path.join(workdir, "label_split.json")
-    if os.path.exists(path):
-        idx, _ = sampler.load_label_split(path)
-        return idx
+    if os.path.exists(path):  # resume; or a first attempt that stopped right after writing it
+        rate, seed = sampling.label_rate, sampling.label_seed
+        return sampler.load_label_split(path, rate=rate, seed=seed)[0]
     idx = sampler.label_split(dataset.train.labels, sampling.label_rate, sampling.label_seed)
     if jax.process_index() == 0:
         sampler.save_label_split(path, idx, rate=sampling.label_rate, seed=sampling.label_seed)

@@ -198,6 +198,15 @@ def test_different_config_never_touches_existing_workdir(tmp_path):
     assert (tmp_path / "config.json").read_text() == saved_config
 
 
+def test_a_label_split_left_by_a_failed_attempt_is_checked(tmp_path):
+    """A first attempt that stopped right after writing label_split.json must not
+    hand its split to a retry with another label rate."""
+    sampler.save_label_split(str(tmp_path / "label_split.json"), np.arange(4), rate=0.25, seed=0)
+    with pytest.raises(ValueError, match="sampling.label_rate=0.25, not the 0.5 asked for"):
+        train.train_and_evaluate(_config(**{"sampling.label_rate": 0.5}), str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_non_finite_loss_stops_with_step_and_keeps_checkpoints(tmp_path):
     def nan_dataset(data_config):
         ds = make_synthetic()

@@ -107,10 +107,12 @@ def load_label_split(
     idx = np.asarray(record.pop("indices"), dtype=np.int64)
     if indices_sha256(idx) != record["sha256"] or len(idx) != record["num_labeled"]:
         raise ValueError(f"{path}: label split indices do not match their sha256.")
-    if rate is not None and record["rate"] != float(rate):
-        raise ValueError(f"{path}: saved data.label_rate {record['rate']} != requested {rate}.")
-    if seed is not None and record["seed"] != int(seed):
-        raise ValueError(f"{path}: saved seed {record['seed']} != requested {seed}.")
+    for field, want in (("rate", rate), ("seed", seed)):
+        if want is not None and record[field] != want:
+            raise ValueError(
+                f"{path} holds the labeled split of sampling.label_{field}={record[field]}, not "
+                f"the {want} asked for; use a new --workdir (nothing was changed)."
+            )
     return idx, record
 
 
