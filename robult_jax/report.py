@@ -40,6 +40,8 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Writes `data` to a temp file beside `path`, then renames it over `path`.
 
     Why: a crash mid-write leaves the old file (or none), never a truncated one.
+    The file gets the permissions of a plain `open(path, "w")` (0666 less the
+    umask), not mkstemp's owner-only 0600: results are meant to be shared.
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -47,6 +49,9 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
