@@ -26,6 +26,7 @@ import optax
 
 from robult_jax import losses
 from robult_jax.config import LossConfig, OptimConfig
+from robult_jax.models import mean_over_present
 from robult_jax.tasks import Task
 
 
@@ -89,7 +90,7 @@ def compute_losses(
         uni_BxM = jax.vmap(task.loss, in_axes=(1, None), out_axes=1)(
             out["uni_logits_BxMxC"], labels
         )
-        uni_B = jnp.sum(jnp.where(mask_BxM, uni_BxM, 0), 1) / jnp.maximum(mask_BxM.sum(1), 1)
+        uni_B = mean_over_present(uni_BxM, mask_BxM)  # absent rows of uni_BxM: c(0), finite
         terms["uni"] = losses.masked_mean(uni_B, batch["is_labeled"] & mask_BxM.any(1))
 
     if cfg.w_lb or cfg.w_ulb:

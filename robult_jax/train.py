@@ -96,6 +96,20 @@ def _label_split(sampling: config_lib.SamplingConfig, dataset, workdir: str) -> 
     return idx
 
 
+def make_sampler(
+    cfg: config_lib.Config, split, labeled_idx: np.ndarray
+) -> sampler.SemiSupervisedSampler:
+    """The training batches of a run: `cfg.sampling`'s sizes and dropout, `cfg.seed`."""
+    return sampler.SemiSupervisedSampler(
+        split,
+        labeled_idx,
+        labeled_batch=cfg.sampling.labeled_batch,
+        unlabeled_batch=cfg.sampling.unlabeled_batch,
+        modality_dropout=cfg.sampling.dropout(),
+        seed=cfg.seed,
+    )
+
+
 def check_batch_sizes(cfg: config_lib.Config) -> None:
     """Every global batch must split evenly over the devices."""
     for field, size in (
@@ -132,14 +146,7 @@ def train_and_evaluate(
 
     mesh = parallel.make_mesh(devices)
     labeled_idx = _label_split(cfg.sampling, dataset, workdir)
-    train_sampler = sampler.SemiSupervisedSampler(
-        dataset.train,
-        labeled_idx,
-        labeled_batch=cfg.sampling.labeled_batch,
-        unlabeled_batch=cfg.sampling.unlabeled_batch,
-        modality_dropout=cfg.sampling.dropout(),
-        seed=cfg.seed,
-    )
+    train_sampler = make_sampler(cfg, dataset.train, labeled_idx)
     model = models.build_model(cfg.model, spec)
     num_steps = cfg.train.num_steps
     tx = objective.make_optimizer(cfg.optim, num_steps)

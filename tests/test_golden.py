@@ -56,14 +56,7 @@ def step_metrics(architecture: str, num_steps: int = 2) -> list[dict[str, float]
     idx = sampler.label_split(
         dataset.train.labels, config.sampling.label_rate, config.sampling.label_seed
     )
-    batches = sampler.SemiSupervisedSampler(
-        dataset.train,
-        idx,
-        labeled_batch=config.sampling.labeled_batch,
-        unlabeled_batch=config.sampling.unlabeled_batch,
-        modality_dropout=config.sampling.dropout(),
-        seed=config.seed,
-    )
+    batches = train.make_sampler(config, dataset.train, idx)  # the trainer's own batches
     model = models.build_model(config.model, dataset.spec)
     tx = objective.make_optimizer(config.optim, config.train.num_steps)
     schedule = objective.make_schedule(config.optim, config.train.num_steps)

@@ -82,14 +82,7 @@ def test_one_step_loss_matches_independent_recomputation(tmp_path):
     model = models.build_model(config.model, dataset.spec)
     tx = objective.make_optimizer(config.optim, config.train.num_steps)
     idx, _ = sampler.load_label_split(str(tmp_path / "label_split.json"))
-    s = sampler.SemiSupervisedSampler(
-        dataset.train,
-        idx,
-        labeled_batch=config.sampling.labeled_batch,
-        unlabeled_batch=config.sampling.unlabeled_batch,
-        modality_dropout=config.sampling.modality_dropout,
-        seed=config.seed,
-    )
+    s = train.make_sampler(config, dataset.train, idx)
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
     state = train.init_state(config, model, tx, dataset.spec, init_key, s.batch(0))
     loss, _ = objective.compute_losses(
