@@ -12,10 +12,12 @@ in configs of the other, and setting them there is an error, not ignored.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from robult_jax import encoders, losses
 
@@ -34,20 +36,54 @@ ARCHITECTURE_FIELDS = {
 
 
 def _fail(where: str, value: Any, requirement: str):
-    raise ValueError(f"{where}={value!r} {requirement}.")
+    try:
+        shown = repr(value)
+    except ValueError:  # an int of more than 4300 digits
+        shown = "<a huge int>"
+    shown = shown if len(shown) <= 100 else shown[:96] + " ..."  # one line, still
+    raise ValueError(f"{where}={shown} {requirement}.")
+
+
+# Every number goes to JAX as an int32 (steps, sizes, seeds) or a float32: larger
+# ints wrap or lose bits (jax.random.key(2**32) is key(0)), larger floats are inf.
+_INT_LIMIT = 2**31
+_FLOAT_MAX = float(np.finfo(np.float32).max)
+
+
+def _finite(v: int | float) -> bool:
+    """Whether v is a number that float32 holds (nan, +-inf and |v| > 3.4e38 are not)."""
+    try:
+        return math.isfinite(v) and abs(float(v)) <= _FLOAT_MAX
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _number(lo=None, hi=None, *, lo_open=False, hi_open=False, integer=False):
-    """A check of one number in an interval; `(` / `)` mark open ends in the message."""
+    """A check of one number in an interval; `(` / `)` mark open ends in the message.
+
+    nan compares False with every bound, so non-finite values are rejected first. A
+    float must stay inside once it and the bounds are rounded to float32 (1e-50 is 0).
+    """
     left, right = "(" if lo_open else "[", ")" if hi_open else "]"
     span = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+
+    def outside(x, lo=lo, hi=hi) -> bool:
+        below = lo is not None and (x <= lo if lo_open else x < lo)
+        return below or (hi is not None and (x >= hi if hi_open else x > hi))
+
+    f32 = lambda x: None if x is None else float(np.float32(x))
 
     def check(where: str, v: Any):
         if isinstance(v, bool) or not isinstance(v, int if integer else int | float):
             _fail(where, v, f"must be {'an integer' if integer else 'a number'}")
-        below = lo is not None and (v <= lo if lo_open else v < lo)
-        if below or (hi is not None and (v >= hi if hi_open else v > hi)):
+        if integer and not -_INT_LIMIT < v < _INT_LIMIT:
+            _fail(where, v, "must fit in int32 (|x| < 2**31), the integers JAX computes with")
+        if not integer and not _finite(v):
+            _fail(where, v, "must be a finite number (float32: |x| <= 3.4e38)")
+        if outside(v):
             _fail(where, v, f"is outside {span}")
+        if not integer and outside(x32 := f32(v), f32(lo), f32(hi)):
+            _fail(where, v, f"is {x32} in float32, outside {span}")
         return int(v) if integer else float(v)
 
     return check
@@ -59,7 +95,7 @@ def _integer(lo: int):  # an integer >= lo
 
 def _choice(allowed: tuple[str, ...]):
     def check(where: str, v: Any) -> str:
-        if v not in allowed:
+        if not isinstance(v, str) or v not in allowed:
             _fail(where, v, f"is not one of {', '.join(allowed)}")
         return v
 
@@ -98,21 +134,24 @@ def _rate_patterns(where: str, v: Any) -> tuple[tuple[float, ...], ...]:
 
 
 def _encoders(where: str, v: Any) -> tuple[tuple[str, str], ...]:
-    for name, encoder in _as_dict(v).items():
+    pairs = _as_dict(v, where)
+    if not all(isinstance(name, str) for name in pairs):
+        _fail(where, v, "must map modality names (strings) to encoder names")
+    for name, encoder in pairs.items():
         _choice(encoders.ENCODER_NAMES)(f"{where}[{name!r}]", encoder)
-    return tuple(sorted(_as_dict(v).items()))
+    return tuple(sorted(pairs.items()))
 
 
 _widths = _sequence(
-    lambda x: isinstance(x, int) and x >= 1,
-    "must be a non-empty sequence of integers >= 1",
+    lambda x: isinstance(x, int) and 1 <= x < _INT_LIMIT,
+    "must be a non-empty sequence of integers in [1, 2**31)",
     non_empty=True,
 )
 _UNIT = dict(lo=0, hi=1, hi_open=True)  # [0, 1)
 _POSITIVE = dict(lo=0, lo_open=True)  # (0, inf]
 _seeds = _sequence(
-    lambda x: isinstance(x, int) and x >= 0,
-    "must be a non-empty sequence of seeds >= 0",
+    lambda x: isinstance(x, int) and 0 <= x < _INT_LIMIT,
+    "must be a non-empty sequence of seeds in [0, 2**31)",
     non_empty=True,
 )
 
@@ -179,8 +218,10 @@ class LossConfig:
     pu_mode: str = _checked(_choice(losses.PU_MODES))
     # Below ~1e-3 the logits reach 1e3 and float32 softmax gradients are all-or-nothing.
     temperature: float = _checked(_number(lo=1e-3))
-    sigma: float = _checked(_number(**_POSITIVE))
-    label_sigma: float = _checked(_number(**_POSITIVE))
+    # The RBF kernels divide by 2 sigma^2, which float32 flushes to 0 below sigma ~1e-19
+    # (0/0 = nan weights for equal embeddings or targets); 1e-6 leaves a wide margin.
+    sigma: float = _checked(_number(lo=1e-6))
+    label_sigma: float = _checked(_number(lo=1e-6))
     threshold: float = _checked(_number(**_UNIT))
     rec_stop_gradient: bool = _checked(_flag)
     centroid_decay: float = _checked(_number(**_UNIT))
@@ -190,9 +231,12 @@ class LossConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    learning_rate: float = _checked(_number(**_POSITIVE))
+    # AdamW moves each weight by ~learning_rate per step: above 1 that is noise, not training.
+    learning_rate: float = _checked(_number(lo=0, hi=1, lo_open=True))
+    # Longer than train.num_steps is fine: objective.make_schedule shortens it to the run.
     warmup_steps: int = _checked(_integer(0))
-    weight_decay: float = _checked(_number(lo=0))
+    # AdamW shrinks w by learning_rate * weight_decay * w a step: with both <= 1, never past 0.
+    weight_decay: float = _checked(_number(lo=0, hi=1))
     grad_clip_norm: float = _checked(_number(**_POSITIVE))
 
 
@@ -238,10 +282,14 @@ _GROUPS = {
 }
 
 
-def _as_dict(value: Any) -> dict:
+def _as_dict(value: Any, where: str = "the config") -> dict:
     if value is None:
         return {}
-    return value.to_dict() if hasattr(value, "to_dict") else dict(value)
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if not isinstance(value, Mapping):
+        _fail(where, value, "must be a group of fields (a ConfigDict or dict)")
+    return dict(value)
 
 
 def _group(config: Any, name: str, skip: tuple[str, ...]) -> Any:
@@ -250,8 +298,9 @@ def _group(config: Any, name: str, skip: tuple[str, ...]) -> Any:
     rules = {f.name: f.metadata["check"] for f in dataclasses.fields(cls)}
     if name not in config:
         raise ValueError(f"The config has no `{name}` group; start from configs/watch.py.")
-    values = _as_dict(config[name])
-    unknown, missing = sorted(set(values) - set(rules)), sorted(set(rules) - set(values))
+    values = _as_dict(config[name], name)
+    unknown = sorted(set(values) - set(rules), key=str)  # key: a dict may have non-str keys
+    missing = sorted(set(rules) - set(values))
     if unknown:
         raise ValueError(
             f"{name}.{unknown[0]} is not a config field; the fields of `{name}` are: "
@@ -273,7 +322,7 @@ def _check_architecture_fields(config: Any, architecture: str) -> tuple[str, ...
     for arch, fields in ARCHITECTURE_FIELDS.items():
         for path in fields:
             group, field = path.split(".")
-            value = _as_dict(config[group] if group in config else None).get(field)
+            value = _as_dict(config[group] if group in config else None, group).get(field)
             if arch != architecture:
                 others.append(path)
                 if value is not None:
@@ -294,7 +343,7 @@ def _check_architecture_fields(config: Any, architecture: str) -> tuple[str, ...
 def from_config_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> Config:
     """Builds and validates the typed config; raises ValueError naming the first bad field."""
     groups = {*_GROUPS, "data", "method", "seed"}
-    unknown = sorted(set(_as_dict(config)) - groups)
+    unknown = sorted(set(_as_dict(config)) - groups, key=str)
     if unknown:
         raise ValueError(
             f"`{unknown[0]}` is not a config group; the groups are: {', '.join(sorted(groups))}."
@@ -302,11 +351,13 @@ def from_config_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> C
     for key in ("method", "seed"):
         if key not in config:
             raise ValueError(f"The config lacks `{key}`; start from configs/watch.py.")
-    if "data" not in config or not isinstance(_as_dict(config["data"]).get("name"), str):
+    if not isinstance(config["method"], str) or not config["method"]:
+        _fail("method", config["method"], "must be a non-empty string (a name for reports)")
+    if "data" not in config or not isinstance(_as_dict(config["data"], "data").get("name"), str):
         raise ValueError("data.name must name a dataset (see robult_jax.data.registry).")
     if "model" not in config:
         raise ValueError("The config has no `model` group; start from configs/watch.py.")
-    architecture = _as_dict(config["model"]).get("architecture")
+    architecture = _as_dict(config["model"], "model").get("architecture")
     skip = _check_architecture_fields(
         config, _choice(ARCHITECTURES)("model.architecture", architecture)
     )
@@ -318,7 +369,7 @@ def from_config_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> C
             f"{model.num_heads} (the attention fusion splits it into heads)."
         )
     return Config(
-        method=str(config["method"]),
+        method=config["method"],
         seed=_integer(0)("seed", config["seed"]),
         data=config["data"],
         **typed,

@@ -221,9 +221,15 @@ def soft_pu_contrastive_loss(
     centroid_valid_C: jax.Array | None = None, task: str = "multiclass", label_sigma: float = 0.5,
 ) -> tuple[jax.Array, jax.Array]:  # fmt: skip
     """Soft PU contrastive loss (docs/method.md 3.2): `weighted_contrastive_loss` with
-    w = `positive_weights(labels_B, is_labeled_B, probs_BxC, s_BxP, ...)`."""
+    w = `positive_weights(labels_B, is_labeled_B, probs_BxC, s_BxP, ...)`.
+
+    A labeled row with no modality present is not a labeled reference for the
+    others: its s_BxP is not a representation of anything."""
+    check_shape("mask_BxM", mask_BxM, z_BxMxP.shape[:2], f"z_BxMxP {z_BxMxP.shape}")
+    check_shape("is_labeled_B", is_labeled_B, z_BxMxP.shape[:1], f"z_BxMxP {z_BxMxP.shape}")
+    lab_B = jnp.asarray(is_labeled_B).astype(bool) & jnp.asarray(mask_BxM).astype(bool).any(axis=1)
     w_BxB = positive_weights(
-        labels_B, is_labeled_B, probs_BxC, s_BxP, mode=mode, sigma=sigma, threshold=threshold,
+        labels_B, lab_B, probs_BxC, s_BxP, mode=mode, sigma=sigma, threshold=threshold,
         centroids_CxP=centroids_CxP, centroid_valid_C=centroid_valid_C, task=task,
         label_sigma=label_sigma,
     )  # fmt: skip

@@ -53,7 +53,9 @@ def _prepare(
     check_shape("is_labeled_B", is_labeled_B, beliefs.shape[:1], ref)
     check_shape("s_BxP", s_BxP, (beliefs.shape[0], None), ref)
     dtype = jnp.promote_types(s_BxP.dtype, jnp.float32)
-    return ref, dtype, is_labeled_B.astype(bool), jax.lax.stop_gradient(beliefs).astype(dtype)
+    # jnp.asarray: eagerly, a numpy input would otherwise stay numpy (float64) here.
+    lab_B = jnp.asarray(is_labeled_B).astype(bool)
+    return ref, dtype, lab_B, jax.lax.stop_gradient(jnp.asarray(beliefs)).astype(dtype)
 
 
 def _combine(
@@ -155,7 +157,9 @@ def multiclass_weights(
             check_shape("centroid_valid_C", centroid_valid_C, (c,), ref)
         s_sg_BxP = jax.lax.stop_gradient(s_BxP).astype(dtype)
         cent_BxP = jax.lax.stop_gradient(centroids_CxP).astype(dtype)[pred_B]
-        valid_B = True if centroid_valid_C is None else centroid_valid_C.astype(bool)[pred_B]
+        valid_B = (
+            True if centroid_valid_C is None else jnp.asarray(centroid_valid_C).astype(bool)[pred_B]
+        )
         rho_cent_B = rbf(jnp.sum(jnp.square(s_sg_BxP - cent_BxP), axis=-1), sigma)
         rho_fallback_B = jnp.where(valid_B, rho_cent_B, 0)
     a_BxB = p_BxC @ p_BxC.T
