@@ -17,6 +17,7 @@ def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
     config = watch.get_config(architecture)
     config.data = ml_collections.ConfigDict()
     config.data.name = "avmnist"
+    config.data.on_nonfinite = "mask"  # NaN/Inf in a modality: missing there (counted) | "error"
     config.data.data_dir = ""  # tfds cache dir; "" = $ROBULT_JAX_DATA_DIR or ~/.cache/robult_jax
     config.data.manual_dir = ""  # required: folder holding avmnist/ (or avmnist/ itself)
     config.data.val_rows = 5000  # the last k train rows are validation (MultiBench: 5000)

@@ -6,6 +6,14 @@ Two protocols on a split:
       (at least one modality kept), one mask per seed in `eval.mask_seeds`;
       the hash of every mask is stored with the results.
 
+A row whose effective mask (the condition's pattern AND the data's own mask)
+has no modality present is not scored: the model would predict from nothing.
+It is left out of that condition's metrics; a condition that leaves no row at
+all (a subset whose modalities no row has; a rate where any mask seed leaves
+no row) is left out of the results. Both are logged (once per distinct
+message) and counted in `excluded_out` when given. On complete data, as in
+the default datasets, nothing is ever left out.
+
 Shape legend: N samples, B batch, M modalities, C outputs.
 """
 
@@ -16,6 +24,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from absl import logging
 
 from robult_jax import masks as masks_lib
 from robult_jax import metrics as metrics_lib
@@ -25,6 +34,36 @@ from robult_jax.data.types import Split
 from robult_jax.tasks import Task
 
 PredictFn = Callable[[Any, dict, jax.Array], jax.Array]
+# Messages already logged: validation runs every train.eval_every steps on the same
+# split, and its exclusions would otherwise repeat the same line at every one.
+_LOGGED: set[str] = set()
+
+
+def scored_rows(split: Split, mask_NxM: np.ndarray) -> np.ndarray:
+    """(N,) True where the pattern AND the data's own mask keep some modality present."""
+    return (np.asarray(mask_NxM, bool) & split.mask).any(axis=1)
+
+
+def _report_excluded(
+    what: str, n: int, excluded: dict[str, int], excluded_out: dict[str, int] | None
+) -> None:
+    """Logs (once) and records the rows left out of each condition of `excluded`."""
+    excluded = {k: v for k, v in excluded.items() if v}
+    if not excluded:
+        return
+    if excluded_out is not None:
+        excluded_out.update(excluded)
+    parts = [
+        f"{k}: {v} rows" if v < n else f"{k}: every row (condition left out)"
+        for k, v in excluded.items()
+    ]
+    line = (
+        f"evaluation ({what}, {n} rows): rows with no modality present under the condition "
+        "(pattern AND the data's own mask) are not scored; " + "; ".join(parts) + "."
+    )
+    if line not in _LOGGED:
+        _LOGGED.add(line)
+        logging.warning(line)
 
 
 def make_predict_fn(model: nn.Module, mesh: jax.sharding.Mesh) -> PredictFn:
@@ -70,8 +109,11 @@ def validation_score(results_by_subset: dict[str, dict], task: Task) -> float:
 
     Why every subset: selecting on the full-modality score alone would favour
     models that lean on one modality; averaging over subsets selects for
-    robustness, and it only ever looks at the validation split.
+    robustness, and it only ever looks at the validation split. Subsets left
+    out (no row has any of their modalities) are not in the mean.
     """
+    if not results_by_subset:
+        raise ValueError("validation_score: no modality subset has a row to score.")
     score = float(np.mean([r[task.primary_metric] for r in results_by_subset.values()]))
     return score if task.higher_is_better else -score
 
@@ -84,15 +126,27 @@ def evaluate_subsets(
     *,
     batch_size: int,
     mesh: jax.sharding.Mesh,
+    excluded_out: dict[str, int] | None = None,
 ) -> dict[str, dict]:
-    """Metrics of the task for every non-empty subset of modalities, keyed by subset name."""
+    """Metrics of the task for every non-empty subset of modalities, keyed by subset name.
+
+    Rows with no modality of the subset present are not scored, and a subset
+    with no row left is left out (module docstring); `excluded_out` receives
+    {subset name: rows not scored} for the subsets with any.
+    """
     names = list(split.inputs)
     n = len(split)
-    results = {}
+    results, excluded = {}, {}
     for row in masks_lib.all_subsets(len(names)):
         mask_NxM = np.broadcast_to(row, (n, len(names)))
+        name = masks_lib.subset_name(row, names)
+        keep_N = scored_rows(split, mask_NxM)
+        excluded[name] = int(n - keep_N.sum())
+        if not keep_N.any():
+            continue
         logits = predict_split(predict, params, split, mask_NxM, batch_size=batch_size, mesh=mesh)
-        results[masks_lib.subset_name(row, names)] = task.metrics(logits, split.labels)
+        results[name] = task.metrics(logits[keep_N], split.labels[keep_N])
+    _report_excluded("modality subsets", n, excluded, excluded_out)
     return results
 
 
@@ -107,15 +161,20 @@ def evaluate_random_missing(
     batch_size: int,
     mesh: jax.sharding.Mesh,
     masks_out: dict[str, np.ndarray] | None = None,
+    excluded_out: dict[str, int] | None = None,
 ) -> tuple[dict[str, dict], dict[str, str]]:
     """Metrics per rate (mean/std over mask seeds) and the hash of every mask used.
 
     `rates` holds floats (every modality absent with that probability) or
     tuples of one rate per modality (test-time patterns that differ from the
-    training ones). Masks are also stored in `masks_out` when given.
+    training ones). Masks are also stored in `masks_out` when given. Rows with
+    no modality present are not scored; a rate where some seed leaves no row
+    is left out, so that every rate reported averages the same seeds
+    (`excluded_out`: {"rate=r/seed=s": rows not scored}).
     """
     names = list(split.inputs)
-    results, hashes = {}, {}
+    n = len(split)
+    results, hashes, excluded = {}, {}, {}
     for rate in rates:
         if isinstance(rate, tuple | list):
             key = ",".join(f"{name}={r:g}" for name, r in zip(names, rate, strict=True))
@@ -130,13 +189,21 @@ def evaluate_random_missing(
             hashes[mask_name] = masks_lib.mask_hash(mask_NxM)
             if masks_out is not None:
                 masks_out[mask_name] = mask_NxM
+            keep_N = scored_rows(split, mask_NxM)
+            excluded[mask_name] = int(n - keep_N.sum())
+            if not keep_N.any():
+                continue
             logits = predict_split(
                 predict, params, split, mask_NxM, batch_size=batch_size, mesh=mesh
             )
-            per_seed.append(task.metrics(logits, split.labels))
+            per_seed.append(task.metrics(logits[keep_N], split.labels[keep_N]))
+        if len(per_seed) < len(seeds):
+            continue  # some seed left no row: the rate is left out (see the docstring)
         results[key] = {}
         for k in per_seed[0]:
             values = [r[k] for r in per_seed]
             mean, std = metrics_lib.mean_std(values)
             results[key][k] = {"mean": mean, "std": std, "values": values}
+    what = "random missingness; a rate is left out when one of its seeds leaves no row"
+    _report_excluded(what, n, excluded, excluded_out)
     return results, hashes

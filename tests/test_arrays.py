@@ -1,5 +1,7 @@
 """The "arrays" loader: a user's .npz / directory of .npy as a Dataset, and its errors."""
 
+import time
+
 import ml_collections
 import numpy as np
 import pytest
@@ -194,23 +196,76 @@ def test_bad_labels(tmp_path):
     a = _arrays()
     a["labels"][4] = 5
     _error(tmp_path, a, r"labels must lie in 0..2 .*rows 4 hold \[5\]", num_classes=3)
+    a["labels"][4] = -1
+    _error(tmp_path, a, r"class ids must be >= 0; rows 4 hold \[-1\]")
+    a["labels"][4] = N  # inferred: N + 1 classes for N rows
+    _error(tmp_path, a, r"largest class id is 20 but there are only 20 rows.*data.num_classes")
+    _error(tmp_path, a, r"data.num_classes=200000 is more than 100000", num_classes=200_000)
     a["labels"] = np.arange(N) * 0.5
     _error(tmp_path, a, r"must be integer class ids; rows 1, 3, 5")
     a["labels"] = np.array([{"x": 1}] * N, dtype=object)
     _error(tmp_path, a, r"\['labels'\] could not be read .*holds Python objects")
 
 
-def test_bad_inputs_mask_and_split(tmp_path):
+def test_rows_with_every_modality_missing_are_dropped_and_counted(tmp_path):
     a = _arrays()
-    a["acc"][[3, 7]] = np.nan
+    a["acc"][[3, 7, 14]] = np.nan  # train rows 3, 7 and validation row 2
     a["gyro"][[3, 7]] = np.nan
-    _error(tmp_path, a, r"training rows 3, 7 have every modality missing")
+    mask = np.ones((N, 2), bool)
+    mask[14, 1] = False
+    register_dataset("arrays", load_arrays, overwrite=True)
+    ds = load_dataset(_config(_npz(tmp_path, {**a, "mask": mask})))
+    assert (len(ds.train), len(ds.validation), len(ds.test)) == (10, 3, 4)
+    keep = [i for i in range(12) if i not in (3, 7)]
+    np.testing.assert_array_equal(ds.train.inputs["acc"], a["acc"][keep].astype(np.float32))
+    np.testing.assert_array_equal(ds.train.labels, a["labels"][keep])
+    assert ds.train.mask.all() and ds.validation.mask.all()
+    assert ds.cleaning["train"] == {
+        "nonfinite_masked": {"acc": 2, "gyro": 2},
+        "dropped_all_missing": 2,
+    }
+    # Row 14's gyro was masked out already: its NaN acc is counted, the mask bit is not.
+    assert ds.cleaning["validation"] == {
+        "nonfinite_masked": {"acc": 1, "gyro": 0},
+        "dropped_all_missing": 1,
+    }
+    assert ds.cleaning["test"]["dropped_all_missing"] == 0
+
+
+def test_inf_marks_missing_or_stops_with_on_nonfinite_error(tmp_path):
+    a = _arrays()
+    a["acc"][2, 0] = np.inf
+    a["acc"][17, 1] = -np.inf
+    a["gyro"][5, 0, 0] = 1e300  # beyond float32: would become inf
+    a["gyro"][6] = np.nan  # NaN stays the missing marker, even with "error"
+    path = _npz(tmp_path, a)
+    ds = load_arrays(_config(path, normalize=True))
+    assert not ds.train.mask[2, 0] and not ds.train.mask[5, 1] and not ds.test.mask[1, 0]
+    assert not ds.train.inputs["acc"][2].any() and not ds.train.inputs["gyro"][5].any()
+    assert np.isfinite(ds.input_stats["acc"]["mean"]).all()
+    assert np.isfinite(ds.input_stats["gyro"]["std"]).all()
+    assert ds.cleaning["train"]["nonfinite_masked"] == {"acc": 1, "gyro": 2}
+    assert ds.cleaning["test"]["nonfinite_masked"] == {"acc": 1, "gyro": 0}
+    with pytest.raises(ValueError, match=r"\['acc'\]: rows 2, 17 \(split train, test\) hold inf"):
+        load_arrays(_config(path, on_nonfinite="error"))
+    a["acc"][[2, 17]] = 0.0
+    with pytest.raises(ValueError, match=r"\['gyro'\]: rows 5 \(split train\) hold infinite"):
+        load_arrays(_config(_npz(tmp_path, a, "b.npz"), on_nonfinite="error"))
+    mask = np.ones((N, 2), bool)
+    mask[5, 1] = False  # a masked-out row may hold anything
+    ds = load_arrays(_config(_npz(tmp_path, {**a, "mask": mask}, "c.npz"), on_nonfinite="error"))
+    assert ds.cleaning["train"]["nonfinite_masked"] == {"acc": 0, "gyro": 1}
+    with pytest.raises(ValueError, match=r"data.on_nonfinite='drop'; allowed: 'mask', 'error'"):
+        load_arrays(_config(path, on_nonfinite="drop"))
+
+
+def test_bad_inputs_mask_and_split(tmp_path):
     a = _arrays()
     a["acc"][:12] = np.nan
     _error(tmp_path, a, r"modality 'acc' is missing in every training row")
     a = _arrays()
-    a["acc"][2, 0] = np.inf
-    _error(tmp_path, a, r"\['acc'\]: rows 2 hold infinite values")
+    a["acc"][:12] = a["gyro"][:12] = np.nan
+    _error(tmp_path, a, r"the 'train' split has no rows left: all 12 have every modality")
     a = _arrays()
     _error(tmp_path, a, r"'audio' is not a known kind", modalities={"acc": "audio"})
     _error(
@@ -227,3 +282,32 @@ def test_bad_inputs_mask_and_split(tmp_path):
     a = _arrays()
     a["split"][12:16] = "test"
     _error(tmp_path, a, r"the 'validation' split has no rows")
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        np.arange(N) % 2 + 2**40,  # offset ids: once ~1e12 class names, then an OOM kill
+        np.where(np.arange(N) % 2, np.iinfo(np.int64).max, 0),
+        np.where(np.arange(N) % 2, np.iinfo(np.int64).min, 0),
+        np.where(np.arange(N) % 2, np.iinfo(np.uint64).max, 0).astype(np.uint64),
+        np.where(np.arange(N) % 2, 1e300, 0.0),
+        np.where(np.arange(N) % 2, -1e300, 0.0),
+    ],
+)
+def test_huge_class_ids_are_rejected_at_once(tmp_path, labels):
+    path = _npz(tmp_path, {**_arrays(), "labels": labels})
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"class ids must be >= 0|largest class id is"):
+        load_arrays(_config(path))
+    # Loading these tiny arrays takes milliseconds; anything scaling with the ids would not.
+    assert time.perf_counter() - start < 1.0
+    # The fix the message names works: the ids as strings become the class names.
+    ds = load_arrays(_config(_npz(tmp_path, {**_arrays(), "labels": labels.astype(str)}, "s.npz")))
+    assert ds.spec.num_outputs == 2 and set(ds.spec.class_names) == set(labels.astype(str))
+
+
+def test_class_names_give_the_number_of_classes(tmp_path):
+    a = _arrays()  # ids 0, 1; a third class never occurs
+    ds = load_arrays(_config(_npz(tmp_path, a), class_names=("a", "b", "c")))
+    assert ds.spec.num_outputs == 3 and ds.spec.class_names == ("a", "b", "c")

@@ -11,9 +11,22 @@ and an optional (N,) split; without one, the rows are split at random with
 seed `data.split_seed`, stratified by class for multiclass. Files are read
 with `allow_pickle=False`.
 
+The rules of `robult_jax.data.clean` hold here too, applied before the
+normalisation is fitted (so no NaN or inf can reach the statistics): +-inf (or
+a value beyond float32) marks the modality missing like NaN, or, with
+`data.on_nonfinite = "error"`, stops with the file's rows; NaN stays the
+missing marker either way. The rows so marked (NaN or inf, in rows the mask
+calls present) are counted in `Dataset.cleaning`; rows left with no modality
+are dropped and counted by `clean.clean_dataset` (run by `load_dataset`).
+
 With `data.normalize`, each modality is standardised per feature (see
 `normalize`) with mean and std fitted on the train split's *present* entries
 only, recorded in `Dataset.input_stats` for `robult_jax.predict`.
+
+Integer class ids must lie in 0..C-1; with `data.num_classes = 0` (inferred)
+C is the largest id + 1, which must not exceed the number of rows (else an
+error says to set `data.num_classes` or save the labels as strings): checked on
+the raw values before anything is allocated per class.
 """
 
 from __future__ import annotations
@@ -25,7 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from robult_jax.data.normalize import fit_stats, nan_rows, prepare
+from robult_jax.data import clean
+from robult_jax.data.clean import MAX_LISTED, rows_text
+from robult_jax.data.normalize import fit_stats, prepare
 from robult_jax.data.types import MODALITY_KINDS, Dataset, DatasetSpec, ModalitySpec, Split
 from robult_jax.tasks import NAMES
 
@@ -33,13 +48,9 @@ SPLITS = ("train", "validation", "test")
 # Per-sample ranks each kind accepts (the default encoder of the kind must take them).
 KIND_RANKS = {"vector": (1,), "timeseries": (2,), "image": (2, 3), "sequence": (2,)}
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
-_MAX_LISTED = 10  # rows named in an error message
-
-
-def _rows_text(rows: np.ndarray) -> str:
-    shown = ", ".join(str(int(r)) for r in rows[:_MAX_LISTED])
-    more = f" and {len(rows) - _MAX_LISTED} more" if len(rows) > _MAX_LISTED else ""
-    return f"{shown}{more}"
+# Why a cap: the head and the class names grow with C; no data set this loader
+# serves has more classes, and a typo (or hashed ids as num_classes) must not OOM.
+MAX_CLASSES = 100_000
 
 
 class ArrayFile:
@@ -131,32 +142,13 @@ def _labels(
                     f"{num_classes}."
                 )
             return ids.astype(np.int32), len(names), tuple(class_names or names.tolist())
-        if raw.dtype.kind not in "iubf":
-            raise ValueError(f"{where}: multiclass labels must be integers, got dtype {raw.dtype}.")
-        as_float = raw.astype(np.float64)
-        bad = np.flatnonzero(~np.isfinite(as_float) | (as_float != np.round(as_float)))
-        if bad.size:
-            raise ValueError(
-                f"{where}: multiclass labels must be integer class ids; rows {_rows_text(bad)} "
-                f"hold {raw[bad][:_MAX_LISTED].tolist()}."
-            )
-        labels = raw.astype(np.int64)
-        n_out = num_classes or (int(labels.max()) + 1 if labels.size else 0)
-        bad = np.flatnonzero((labels < 0) | (labels >= n_out))
-        if bad.size:
-            raise ValueError(
-                f"{where}: labels must lie in 0..{n_out - 1} (data.num_classes={num_classes}, "
-                f"0 = inferred); rows {_rows_text(bad)} hold {labels[bad][:_MAX_LISTED].tolist()}."
-            )
-        if n_out < 2:
-            raise ValueError(f"{where}: multiclass labels need at least 2 classes, found {n_out}.")
-        return labels.astype(np.int32), n_out, class_names or tuple(map(str, range(n_out)))
+        return _class_ids(raw, where, num_classes, class_names)
     if task == "multilabel":
         if raw.ndim != 2:
             raise ValueError(f"{where}: multilabel labels must be (N, C), got shape {raw.shape}.")
         bad = np.flatnonzero(~np.isin(raw, (0, 1)).all(axis=1))
         if bad.size:
-            raise ValueError(f"{where}: multilabel labels must be 0/1; rows {_rows_text(bad)}.")
+            raise ValueError(f"{where}: multilabel labels must be 0/1; rows {rows_text(bad)}.")
         if num_classes and num_classes != raw.shape[1]:
             raise ValueError(
                 f"{where}: labels have {raw.shape[1]} columns but data.num_classes={num_classes}."
@@ -171,12 +163,73 @@ def _labels(
         )
     bad = np.flatnonzero(~np.isfinite(raw))
     if bad.size:
-        raise ValueError(f"{where}: regression labels must be finite; rows {_rows_text(bad)}.")
+        raise ValueError(f"{where}: regression labels must be finite; rows {rows_text(bad)}.")
     return raw.astype(np.float32), 1, class_names
 
 
+def _class_ids(
+    raw: np.ndarray, where: str, num_classes: int, class_names: tuple[str, ...]
+) -> tuple[np.ndarray, int, tuple[str, ...]]:
+    """Multiclass integer ids checked against 0..C-1: (ids int32, C, class names).
+
+    Every check compares the raw values (no cast that could wrap around, no
+    allocation that grows with an id), so ids offset by 2**40 fail at once.
+    """
+    if raw.dtype.kind not in "iubf":
+        raise ValueError(f"{where}: multiclass labels must be integers, got dtype {raw.dtype}.")
+    if raw.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(raw) | (raw != np.round(raw)))
+        if bad.size:
+            raise ValueError(
+                f"{where}: multiclass labels must be integer class ids; rows {rows_text(bad)} "
+                f"hold {raw[bad][:MAX_LISTED].tolist()}."
+            )
+    bad = np.flatnonzero(raw < 0)
+    if bad.size:
+        raise ValueError(
+            f"{where}: class ids must be >= 0; rows {rows_text(bad)} hold "
+            f"{raw[bad][:MAX_LISTED].tolist()}. Remap them to 0..C-1 or save the labels as "
+            "strings (np.asarray(labels, dtype=str)): the distinct strings become the classes."
+        )
+    n_out = num_classes or len(class_names)
+    if not n_out and raw.size:
+        largest = raw.max().item()
+        # Inferred C = largest id + 1: more classes than rows means ids that are not
+        # 0..C-1 (offset, hashed, sparse), and 1 + largest names to allocate.
+        if largest >= len(raw):
+            raise ValueError(
+                f"{where}: the largest class id is {largest} but there are only {len(raw)} "
+                "rows; with data.num_classes=0 the number of classes is inferred as the largest "
+                "id + 1, so ids must lie in 0..N-1. Set data.num_classes (ids then lie in "
+                "0..num_classes-1) or data.class_names, or save the labels as strings "
+                "(np.asarray(labels, dtype=str)): the distinct strings become the classes and "
+                "their names."
+            )
+        n_out = int(largest) + 1
+    if n_out > MAX_CLASSES:
+        raise ValueError(
+            f"{where}: data.num_classes={n_out} is more than {MAX_CLASSES} classes, the most "
+            "this loader builds a classifier for."
+        )
+    bad = np.flatnonzero(raw >= n_out)
+    if bad.size:
+        source = f"{len(class_names)} data.class_names" if class_names else "0 = inferred"
+        raise ValueError(
+            f"{where}: labels must lie in 0..{n_out - 1} (data.num_classes={num_classes}, "
+            f"{source}); rows {rows_text(bad)} hold {raw[bad][:MAX_LISTED].tolist()}."
+        )
+    if n_out < 2:
+        raise ValueError(f"{where}: multiclass labels need at least 2 classes, found {n_out}.")
+    return raw.astype(np.int32), n_out, class_names or tuple(map(str, range(n_out)))
+
+
 def check_modality(where: str, name: str, kind: str, x: np.ndarray) -> np.ndarray:
-    """`x` as float64 after checking its rank for `kind`, its dtype and for infinities."""
+    """`x` as float64 after checking its dtype and its rank for `kind`.
+
+    Non-finite values pass: the caller decides what they mean (`load_arrays`:
+    missing, or an error with data.on_nonfinite="error"; `robult_jax.predict`:
+    NaN missing, inf an error).
+    """
     if x.dtype.kind not in "biuf":
         raise ValueError(f"{where}: modality {name!r} must hold numbers, got dtype {x.dtype}.")
     if x.ndim - 1 not in KIND_RANKS[kind]:
@@ -184,14 +237,7 @@ def check_modality(where: str, name: str, kind: str, x: np.ndarray) -> np.ndarra
             f"{where}: modality {name!r} of kind {kind!r} needs a per-sample shape of rank "
             f"{' or '.join(map(str, KIND_RANKS[kind]))}, got {x.shape[1:]} (array {x.shape})."
         )
-    x = x.astype(np.float64)
-    inf_rows = np.flatnonzero(np.isinf(x).reshape(len(x), -1).any(axis=1))
-    if inf_rows.size:
-        raise ValueError(
-            f"{where}: rows {_rows_text(inf_rows)} hold infinite values; mark missing entries "
-            "with NaN (or the mask), not inf."
-        )
-    return x
+    return x.astype(np.float64)
 
 
 def check_mask(where: str, mask: np.ndarray, n: int, names: list[str] | tuple) -> np.ndarray:
@@ -219,10 +265,10 @@ def _split_ids(raw: np.ndarray, where: str, n: int) -> np.ndarray:
         ids = np.full(n, -1)
     bad = np.flatnonzero(ids < 0)
     if bad.size:
-        values = sorted({str(v) for v in raw[bad].tolist()})[:_MAX_LISTED]
+        values = sorted({str(v) for v in raw[bad].tolist()})[:MAX_LISTED]
         raise ValueError(
             f"{where}: split values must be 'train', 'validation', 'test' (or 0, 1, 2); "
-            f"rows {_rows_text(bad)} hold {values}."
+            f"rows {rows_text(bad)} hold {values}."
         )
     return ids
 
@@ -309,7 +355,6 @@ def load_arrays(data_config: Any) -> Dataset:
     present_NxM = np.ones((n, len(names)), bool)
     if raw_mask is not None:
         present_NxM = check_mask(where(mask_key), raw_mask, n, names)
-    present_NxM &= ~np.stack([nan_rows(xs[name]) for name in names], axis=1)
 
     if raw_split is not None:
         split_ids = _split_ids(raw_split, where(split_key), n)
@@ -327,22 +372,13 @@ def load_arrays(data_config: Any) -> Dataset:
             stratify=task == "multiclass",
         )
     rows = {s: np.flatnonzero(split_ids == i) for i, s in enumerate(SPLITS)}
+    cleaning = clean.mark_nonfinite(
+        xs, present_NxM, split_ids, on_nonfinite=clean.on_nonfinite_mode(data_config), where=where
+    )
+    # Checked here, not only in clean_dataset: the statistics below need present train rows.
     for s, r in rows.items():
-        if not r.size:
-            raise ValueError(f"{path}: the {s!r} split has no rows; each split needs at least one.")
+        clean.check_present(s, present_NxM[r], names, f"{path}: ")
     train_present = present_NxM[rows["train"]]
-    empty = rows["train"][~train_present.any(axis=1)]
-    if empty.size:
-        raise ValueError(
-            f"{path}: training rows {_rows_text(empty)} have every modality missing (mask or "
-            "NaN); drop them or give them a split other than train."
-        )
-    for j, name in enumerate(names):
-        if not train_present[:, j].any():
-            raise ValueError(
-                f"{path}: modality {name!r} is missing in every training row; the model "
-                "cannot learn it. Drop it from data.modalities."
-            )
 
     stats = None
     if _get(data_config, "normalize", True):
@@ -350,7 +386,8 @@ def load_arrays(data_config: Any) -> Dataset:
             name: fit_stats(xs[name][rows["train"]], train_present[:, j], kinds[name])
             for j, name in enumerate(names)
         }
-    # NaN rows are already absent in present_NxM, so prepare's presence adds nothing.
+    # Non-finite rows are already absent in present_NxM, so prepare's presence adds nothing.
+    # Rows with every modality missing stay in: clean_dataset drops and counts them.
     inputs = {
         name: prepare(xs[name], present_NxM[:, j], stats and stats[name])[0]
         for j, name in enumerate(names)
@@ -366,4 +403,4 @@ def load_arrays(data_config: Any) -> Dataset:
     def split(r: np.ndarray) -> Split:
         return Split({k: v[r] for k, v in inputs.items()}, labels[r], present_NxM[r])
 
-    return Dataset(spec, *(split(rows[s]) for s in SPLITS), input_stats=stats)
+    return Dataset(spec, *(split(rows[s]) for s in SPLITS), input_stats=stats, cleaning=cleaning)

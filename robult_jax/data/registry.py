@@ -9,6 +9,9 @@ Data config fields read here:
   data_dir: where built datasets are cached. None or "" means the environment
             variable ROBULT_JAX_DATA_DIR if set, else
             ~/.cache/robult_jax/tensorflow_datasets.
+  on_nonfinite: "mask" (default, also when the field is absent): NaN / inf in a
+            modality marks it missing for that sample; "error": stop instead
+            (see `robult_jax.data.clean`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from robult_jax.data import clean
 from robult_jax.data.types import Dataset
 
 DATA_DIR_ENV = "ROBULT_JAX_DATA_DIR"
@@ -68,8 +72,15 @@ def get_loader(name: str) -> Loader:
 
 
 def load_dataset(data_config: Any) -> Dataset:
-    """Loads the dataset named by `data_config.name` (a string: config.py checks it)."""
-    return get_loader(data_config.name)(data_config)
+    """Loads the dataset named by `data_config.name` (a string: config.py checks it),
+    cleaned by `clean.clean_dataset` (NaN / inf, rows with no modality; counts in
+    `Dataset.cleaning`), whichever loader built it.
+    """
+    dataset = get_loader(data_config.name)(data_config)
+    if not isinstance(dataset, Dataset):
+        # Only a Dataset can be cleaned; anything else (a test's stand-in) is the caller's.
+        return dataset
+    return clean.clean_dataset(dataset, on_nonfinite=clean.on_nonfinite_mode(data_config))
 
 
 def resolve_data_dir(data_config: Any) -> str:

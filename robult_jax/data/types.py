@@ -142,6 +142,12 @@ class Dataset:
     inputs, {modality: {"mean": ..., "std": ...}} with arrays broadcastable to
     the per-sample shape (x_loaded = (x_raw - mean) / std), so that
     `robult_jax.predict` can apply it to new raw data. None: nothing applied.
+
+    `cleaning` counts what `robult_jax.data.clean` (applied by `load_dataset`)
+    changed, per split: {"train": {"nonfinite_masked": {modality: rows},
+    "dropped_all_missing": rows}, "validation": {...}, "test": {...}}, every
+    split and modality present, zeros included. Empty: not cleaned (a Dataset
+    built directly); a loader may fill in the counts of what it did itself.
     """
 
     spec: DatasetSpec
@@ -149,6 +155,7 @@ class Dataset:
     validation: Split
     test: Split
     input_stats: dict[str, dict[str, np.ndarray]] | None = None
+    cleaning: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         for split in (self.train, self.validation, self.test):
