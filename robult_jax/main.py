@@ -12,7 +12,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from robult_jax import train
+from robult_jax import files, interrupts, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file in configs/.", lock_config=True
@@ -21,6 +21,26 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, metrics and results (resumed if it exists)."
 )
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a misspelt `--config.x.y=...` as one message, not a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:  # a bad value, an unknown flag, a missing --config
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        # ml_collections raises from inside the override; name the override that failed.
+        key = str(e).strip("\"'")
+        bad = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a]
+        print(
+            f"error: {', '.join(bad) or 'a --config override'}: {key!r} is not a field of the "
+            "config (configs are locked: only existing fields can be set). "
+            "configs/watch.py lists every field.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
 
 def main(argv: list[str]) -> None:
@@ -33,9 +53,17 @@ def main(argv: list[str]) -> None:
     train.enable_compilation_cache()
     try:
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (ValueError, FileNotFoundError, ImportError, train.NonFiniteLossError) as e:
+    except interrupts.Interrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(e.exit_status)  # 143 for SIGTERM, 130 for Ctrl-C, as if the signal had killed it
+    except (ValueError, FileNotFoundError, ImportError, train.NonFiniteLossError,
+            files.WorkdirBusyError) as e:  # fmt: skip
         # Expected user errors: one clear message, no traceback.
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # missing file, read-only or full disk, ...: say which file
+        print(f"error: {e}. Files already in {_WORKDIR.value} were left as they were "
+              "(every write is atomic).", file=sys.stderr)  # fmt: skip
         sys.exit(2)
     with open(os.path.join(_WORKDIR.value, "results.md")) as f:
         print(f.read())
@@ -43,4 +71,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from robult_jax.report import atomic_write
+from robult_jax.files import atomic_write
 
 # Why a cap: 2**M - 1 subsets are evaluated one by one; beyond this the
 # protocol is no longer an exhaustive sweep anyone would run.

@@ -114,7 +114,8 @@ def load_trained(workdir: str) -> Trained:
     abstract = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes
     )
-    ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    # Read-only: predict never writes into the model directory; a corrupt best raises.
+    ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints, read_only=True)
     try:
         best_step = ckpt.best_step()
         state = ckpt.restore_best(abstract)
@@ -125,7 +126,7 @@ def load_trained(workdir: str) -> Trained:
         config=config,
         spec=spec,
         model=model,
-        params=state.params,
+        params=state["params"],
         best_step=int(best_step),
         input_stats=_read_stats(os.path.join(workdir, "input_stats.npz")),
         mesh=mesh,
@@ -135,6 +136,43 @@ def load_trained(workdir: str) -> Trained:
 
 def _rows_shape(shape: tuple[int, ...]) -> str:
     return f"(N, {', '.join(map(str, shape))})"
+
+
+# |standardised value| above which a present input is refused. The training
+# split's present entries have mean 0 and std 1 per feature, so 1e4 standard
+# deviations is no outlier: it is a unit error, a sentinel such as -9999, or
+# corrupt data, and the model's output for it would mean nothing.
+MAX_ABS_STANDARDISED = 1e4
+
+
+def _check_model_input(key: str, name: str, x_NxS: np.ndarray, standardised: bool) -> None:
+    """Raises if a present row of the float32 model input `x_NxS` is non-finite or absurd.
+
+    Absent rows are already zeros here, so every flagged row is a present one.
+    `standardised`: `x_NxS` was normalised with the training statistics.
+    """
+    flat_NxF = x_NxS.reshape(len(x_NxS), int(np.prod(x_NxS.shape[1:])))
+    bad = np.flatnonzero(~np.isfinite(flat_NxF).all(axis=1))
+    after = " after normalisation with the training statistics" if standardised else ""
+    if bad.size:
+        raise ValueError(
+            f"{key}: rows {arrays.rows_text(bad)} hold infinite values, or values that overflow "
+            f"float32{after} (|x| > 3.4e38). NaN marks a missing modality: set those samples' "
+            f"{name!r} to NaN (or its mask column to False) to predict without it, or fix them."
+        )
+    if not standardised:
+        return  # no training scale to compare with
+    largest_N = np.abs(flat_NxF).max(axis=1, initial=0.0)
+    big = np.flatnonzero(largest_N > MAX_ABS_STANDARDISED)
+    if big.size:
+        raise ValueError(
+            f"{key}: rows {arrays.rows_text(big)} hold values up to {largest_N[big].max():.3g} "
+            f"training standard deviations from the training mean (more than "
+            f"{MAX_ABS_STANDARDISED:g}): far outside anything seen in training, so the "
+            "prediction would mean nothing. Check the units and sentinel values such as -9999 "
+            "(a feature constant in training gets there with any other value); set those "
+            f"samples' {name!r} to NaN (or its mask column to False) to predict without it."
+        )
 
 
 def predict_arrays(
@@ -149,6 +187,10 @@ def predict_arrays(
     A modality is missing for a sample where its array holds NaN or `mask`
     ((N, M) bool, columns in `trained.spec.modality_names` order) is False; an
     array may be left out only if `mask` marks it False for every sample.
+    A present modality that holds +-inf, overflows float32 (e.g. 1e300) or,
+    normalised with the training statistics, lies more than
+    `MAX_ABS_STANDARDISED` standard deviations from the training mean is a
+    ValueError naming the array and rows: nothing is predicted from it.
     `where(key)` names array `key` in error messages (default "inputs['key']").
     """
     where = where or (lambda key: f"inputs[{key!r}]")
@@ -190,7 +232,9 @@ def predict_arrays(
                     f"model expects {m.shape}, i.e. an array of shape {_rows_shape(m.shape)}."
                 )
             x = arrays.check_modality(where(m.name), m.name, m.kind, x)
-        xs[m.name], present_NxM[:, j] = arrays.prepare(x, present_NxM[:, j], stats.get(m.name))
+        with np.errstate(over="ignore"):  # an overflow is reported just below, with its rows
+            xs[m.name], present_NxM[:, j] = arrays.prepare(x, present_NxM[:, j], stats.get(m.name))
+        _check_model_input(where(m.name), m.name, xs[m.name], stats.get(m.name) is not None)
 
     split = Split(inputs=xs, labels=np.zeros(n, np.int32), mask=present_NxM)
     mesh = trained.mesh
@@ -249,10 +293,14 @@ def main(argv: list[str]) -> None:
     try:
         trained = load_trained(_WORKDIR.value)
         result = predict_file(trained, _INPUT.value, mask_key=_MASK_KEY.value)
-        write_predictions(_OUTPUT.value, result)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         # Expected user errors: one clear message, no traceback.
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        write_predictions(_OUTPUT.value, result)
+    except OSError as e:  # e.g. --output under an existing file, a read-only or full disk
+        print(f"error: cannot write --output {_OUTPUT.value}: {e}", file=sys.stderr)
         sys.exit(2)
     mask = result["mask"]
     print(

@@ -20,43 +20,20 @@ import logging
 import math
 import os
 import subprocess
-import tempfile
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from robult_jax.files import atomic_write
 from robult_jax.metrics import mean_std
 
 SECTIONS = ("subsets", "random_missing")
 # Present only when the config asks for it (eval.per_modality_rates).
 OPTIONAL_SECTIONS = ("per_modality_missing",)
 # Long provenance fields kept out of the Markdown header (they stay in results.json).
-_JSON_ONLY = ("config", "mask_hashes")
+_JSON_ONLY = ("config", "mask_hashes", "data_cleaning", "excluded_rows")
 _log = logging.getLogger(__name__)
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Writes `data` to a temp file beside `path`, then renames it over `path`.
-
-    Why: a crash mid-write leaves the old file (or none), never a truncated one.
-    The file gets the permissions of a plain `open(path, "w")` (0666 less the
-    umask), not mkstemp's owner-only 0600: results are meant to be shared.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # ----------------------------------------------------------------- helpers

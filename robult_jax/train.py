@@ -6,6 +6,7 @@ dropout, parameter init, dropout) is a function of the seed and the step, so a
 resumed run produces exactly the states an uninterrupted one would.
 """
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -17,8 +18,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from robult_jax import checkpointing, evaluate, models, objective, parallel, report, tasks
+from robult_jax import (
+    checkpointing,
+    evaluate,
+    files,
+    interrupts,
+    models,
+    objective,
+    parallel,
+    report,
+    tasks,
+)
 from robult_jax import config as config_lib
+from robult_jax import data as data_lib
 from robult_jax import masks as masks_lib
 from robult_jax.data import load_dataset, sampler
 from robult_jax.metric_writer import MetricWriter, Progress
@@ -74,26 +86,32 @@ def write_dataset_artifacts(workdir: str, dataset) -> None:
     and "<modality>/std" (absent when the loader normalises nothing).
     """
     spec_json = json.dumps(dataclasses.asdict(dataset.spec), indent=2)
-    report.atomic_write(os.path.join(workdir, "dataset_spec.json"), spec_json.encode())
+    files.atomic_write(os.path.join(workdir, "dataset_spec.json"), spec_json.encode())
     stats = getattr(dataset, "input_stats", None)
     if stats:
         buffer = io.BytesIO()
         np.savez(
             buffer, **{f"{m}/{k}": np.asarray(v) for m, d in stats.items() for k, v in d.items()}
         )
-        report.atomic_write(os.path.join(workdir, "input_stats.npz"), buffer.getvalue())
+        files.atomic_write(os.path.join(workdir, "input_stats.npz"), buffer.getvalue())
 
 
-def _label_split(sampling: config_lib.SamplingConfig, dataset, workdir: str) -> np.ndarray:
-    """The labeled training indices, saved beside the results (or re-read on resume)."""
+def _label_split(
+    sampling: config_lib.SamplingConfig, dataset, workdir: str, data_record: dict
+) -> tuple[np.ndarray, bool]:
+    """The labeled training indices, and whether they still have to be saved.
+
+    On resume the saved split is re-read and checked against the rate, seed,
+    dataset and data fingerprint of this run; a mismatch raises before anything
+    is written.
+    """
     path = os.path.join(workdir, "label_split.json")
+    check = dict(rate=sampling.label_rate, seed=sampling.label_seed)
+    check.update(dataset=data_record["name"], fingerprint=data_record["fingerprint"])
     if os.path.exists(path):  # resume; or a first attempt that stopped right after writing it
-        rate, seed = sampling.label_rate, sampling.label_seed
-        return sampler.load_label_split(path, rate=rate, seed=seed)[0]
+        return sampler.load_label_split(path, **check)[0], False
     idx = sampler.label_split(dataset.train.labels, sampling.label_rate, sampling.label_seed)
-    if jax.process_index() == 0:
-        sampler.save_label_split(path, idx, rate=sampling.label_rate, seed=sampling.label_seed)
-    return idx
+    return idx, True
 
 
 def make_sampler(
@@ -120,6 +138,17 @@ def check_batch_sizes(cfg: config_lib.Config) -> None:
         parallel.check_batch_size(size, field)
 
 
+def data_record(dataset) -> dict:
+    """What a workdir records of its data (data.json, results.json): checked on resume."""
+    spec = dataset.spec
+    return {
+        "name": spec.name,
+        "variant": spec.variant or spec.name,
+        "fingerprint": data_lib.fingerprint(dataset),
+        "cleaning": dataset.cleaning,
+    }
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -130,7 +159,11 @@ def train_and_evaluate(
     """Trains (or resumes), keeps the best validation checkpoint, evaluates it on test.
 
     `config` is the ml_collections config of a file in configs/; it is
-    validated once, here, before anything is loaded or written.
+    validated once, here, before anything is loaded or written. Everything a
+    resume reads (config, data, label split) is checked before anything is
+    written; one process at a time may hold `workdir` (`files.WorkdirLock`);
+    SIGTERM / SIGINT stop after the current step with a checkpoint of it
+    (`interrupts.Interrupted`).
     `pause_at_step`: stop after that step with a checkpoint and no evaluation
     (returns None), e.g. to fit a time-limited session; the next call resumes.
     `devices`: the devices of the data-parallel mesh (default: all).
@@ -138,14 +171,27 @@ def train_and_evaluate(
     cfg = config_lib.from_config_dict(config)
     check_batch_sizes(cfg)
     dataset = load_dataset(cfg.data)
-    spec = dataset.spec
-    config_lib.check_against_dataset(cfg, spec)
-    task = tasks.get(spec.task)
+    config_lib.check_against_dataset(cfg, dataset.spec)
     os.makedirs(workdir, exist_ok=True)
+    # Only process 0 writes the workdir's own files (Orbax coordinates the rest).
+    lock = files.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    # Multi-process runs leave SIGTERM to JAX: every process must stop at the same step.
+    with lock, interrupts.StopSignals(enabled=jax.process_count() == 1) as signals:
+        return _train_and_evaluate(
+            cfg, config, dataset, workdir, signals, pause_at_step=pause_at_step, devices=devices
+        )
+
+
+def _train_and_evaluate(cfg, config, dataset, workdir, signals, *, pause_at_step, devices):
+    spec = dataset.spec
+    task = tasks.get(spec.task)
+    record = data_record(dataset)
+    # Read-only checks first: a mismatch must leave the workdir as it was.
     checkpointing.check_workdir_config(workdir, config)
+    checkpointing.check_workdir_data(workdir, record)
+    labeled_idx, new_split = _label_split(cfg.sampling, dataset, workdir, record)
 
     mesh = parallel.make_mesh(devices)
-    labeled_idx = _label_split(cfg.sampling, dataset, workdir)
     train_sampler = make_sampler(cfg, dataset.train, labeled_idx)
     model = models.build_model(cfg.model, spec)
     num_steps = cfg.train.num_steps
@@ -161,11 +207,24 @@ def train_and_evaluate(
     restored = ckpt.restore_latest(abstract_state)
     if restored is not None:
         state = restored
-    checkpointing.write_workdir_config(workdir, config)
-    if jax.process_index() == 0:
-        write_dataset_artifacts(workdir, dataset)
     start_step = int(state.step)
-    writer = MetricWriter(workdir)
+    # An attempt killed after an evaluation left best candidates and metrics rows
+    # of steps this run replays; the replay writes them again, identically.
+    ckpt.discard_best_after(start_step)
+    checkpointing.write_workdir_config(workdir, config)
+    checkpointing.write_workdir_data(workdir, record)
+    if jax.process_index() == 0:
+        if new_split:
+            sampler.save_label_split(
+                os.path.join(workdir, "label_split.json"),
+                labeled_idx,
+                rate=cfg.sampling.label_rate,
+                seed=cfg.sampling.label_seed,
+                dataset=record["name"],
+                fingerprint=record["fingerprint"],
+            )
+        write_dataset_artifacts(workdir, dataset)
+    writer = MetricWriter(workdir, resume_step=start_step)
 
     schedule = objective.make_schedule(cfg.optim, num_steps)
     train_step = jax.jit(
@@ -178,53 +237,62 @@ def train_and_evaluate(
     progress = None
     timed_from = None  # (time, step) after the first, compiling, step of this process
     stop = num_steps if pause_at_step is None else min(num_steps, pause_at_step)
-    for step in range(start_step, stop):
-        batch = parallel.shard_batch(train_sampler.batch(step), mesh)
-        state, metrics = train_step(state, batch, train_key)
-        done = step + 1
-        if timed_from is None:
-            # The first step compiles; steps/s and the progress bar's ETA start after it.
-            jax.block_until_ready(metrics)
-            timed_from = (time.time(), done)
-            progress = Progress(num_steps, done, show_progress)
-        log = done % cfg.train.log_every == 0 or done == num_steps
-        evaluate_now = done % cfg.train.eval_every == 0 or done == num_steps
-        save = done % cfg.train.checkpoint_every == 0 or done in (num_steps, stop)
-        row = {}  # one metrics.jsonl row per step
-        if log or evaluate_now or save:
-            # Device values are fetched only here; a non-finite loss is caught
-            # before any state of this step can be evaluated or saved.
-            metrics = jax.device_get(metrics)
-            if not np.isfinite(metrics["loss"]):
-                progress.close()
-                raise NonFiniteLossError(
-                    f"Non-finite loss ({metrics['loss']}) at step {done} (checked on log, "
-                    "eval and checkpoint steps); terms: "
-                    + ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
-                    + ". Checkpoints already saved were left untouched; try a lower "
-                    "optim.learning_rate."
-                )
-        if log:
-            row.update({f"train/{k}": v for k, v in metrics.items()})
-            elapsed, timed_steps = time.time() - timed_from[0], done - timed_from[1]
-            if timed_steps > 0:
-                row["train/steps_per_sec"] = timed_steps / max(elapsed, 1e-9)
+    with signals.deferred():
+        for step in range(start_step, stop):
+            batch = parallel.shard_batch(train_sampler.batch(step), mesh)
+            state, metrics = train_step(state, batch, train_key)
+            done = step + 1
+            if timed_from is None:
+                # The first step compiles; steps/s and the progress bar's ETA start after it.
+                jax.block_until_ready(metrics)
                 timed_from = (time.time(), done)
-            progress.update(0, loss=f"{float(metrics['loss']):.3f}")
-        if evaluate_now:
-            val = evaluate.evaluate_subsets(
-                predict, state.params, dataset.validation, task, **eval_kw
-            )
-            score = evaluate.validation_score(val, task)
-            row.update({f"eval/val/{s}/{k}": v for s, r in val.items() for k, v in r.items()})
-            row["eval/val/score"] = score
-            ckpt.save_best(done, state, score)
-        if row:
-            writer.write(done, row)
-        if save:
-            ckpt.save(done, state)
-        if step > start_step:  # the bar was created at the first step, already counting it
-            progress.update(1)
+                progress = Progress(num_steps, done, show_progress)
+            log = done % cfg.train.log_every == 0 or done == num_steps
+            evaluate_now = done % cfg.train.eval_every == 0 or done == num_steps
+            save = done % cfg.train.checkpoint_every == 0 or done in (num_steps, stop)
+            row = {}  # one metrics.jsonl row per step
+            if log or evaluate_now or save:
+                # Device values are fetched only here; a non-finite loss is caught
+                # before any state of this step can be evaluated or saved.
+                metrics = jax.device_get(metrics)
+                if not np.isfinite(metrics["loss"]):
+                    progress.close()
+                    raise NonFiniteLossError(
+                        f"Non-finite loss ({metrics['loss']}) at step {done} (checked on log, "
+                        "eval and checkpoint steps); terms: "
+                        + ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
+                        + ". Checkpoints already saved were left untouched; try a lower "
+                        "optim.learning_rate."
+                    )
+            if log:
+                row.update({f"train/{k}": v for k, v in metrics.items()})
+                elapsed, timed_steps = time.time() - timed_from[0], done - timed_from[1]
+                if timed_steps > 0:
+                    row["train/steps_per_sec"] = timed_steps / max(elapsed, 1e-9)
+                    timed_from = (time.time(), done)
+                progress.update(0, loss=f"{float(metrics['loss']):.3f}")
+            if evaluate_now:
+                val = evaluate.evaluate_subsets(
+                    predict, state.params, dataset.validation, task, **eval_kw
+                )
+                score = evaluate.validation_score(val, task)
+                row.update({f"eval/val/{s}/{k}": v for s, r in val.items() for k, v in r.items()})
+                row["eval/val/score"] = score
+                ckpt.save_best(done, state, score)
+            if row:
+                writer.write(done, row)
+            if save:
+                ckpt.save(done, state)
+            if signals.requested:  # SIGTERM / Ctrl-C: keep this step, then stop
+                if not save:
+                    ckpt.save(done, state)
+                ckpt.wait_until_finished()
+                progress.close()
+                path = ckpt.latest_path()
+                ckpt.close()
+                raise signals.stopped(done, path)
+            if step > start_step:  # the bar was created at the first step, already counting it
+                progress.update(1)
     if progress is not None:
         progress.close()
     ckpt.wait_until_finished()
@@ -234,16 +302,25 @@ def train_and_evaluate(
 
     best = ckpt.restore_best(abstract_state)
     best_step = ckpt.best_step()
-    if best is None:  # e.g. num_steps == 0: evaluate the initial state
-        best, best_step = state, int(state.step)
+    if best is None:
+        if num_steps > 0:  # the last step always evaluates, so a best must exist
+            ckpt.close()
+            raise checkpointing.CorruptCheckpointError(
+                f"{workdir}/best holds no checkpoint although training ran; to rebuild it, "
+                f"delete {workdir}/checkpoints and run the same command again (training "
+                "replays bit-identically), or train in a new --workdir."
+            )
+        best, best_step = checkpointing.best_part(state), int(state.step)  # num_steps == 0
     eval_masks: dict[str, np.ndarray] = {}
     results = _final_evaluation(
-        cfg, config, dataset, task, predict, best.params, eval_kw, eval_masks
+        cfg, config, dataset, task, predict, best["params"], eval_kw, eval_masks
     )
     results.update(
         best_step=int(best_step),
         label_split_hash=sampler.indices_sha256(labeled_idx),
         num_labeled=int(len(labeled_idx)),
+        data_fingerprint=record["fingerprint"],
+        data_cleaning=record["cleaning"],
     )
     if jax.process_index() == 0:
         # The exact test-time masks, re-loadable with masks.load_masks (hash-checked).
@@ -260,16 +337,18 @@ def train_and_evaluate(
 def _final_evaluation(cfg, config, dataset, task, predict, params, eval_kw, masks_out) -> dict:
     spec = dataset.spec
     test = {"test": dataset.test, "validation": dataset.validation}[cfg.eval.split]
-    subsets = evaluate.evaluate_subsets(predict, params, test, task, **eval_kw)
+    excluded: dict[str, int] = {}  # rows not scored: no modality present under a condition
+    kw = dict(eval_kw, excluded_out=excluded)
+    subsets = evaluate.evaluate_subsets(predict, params, test, task, **kw)
     seeds = cfg.eval.mask_seeds
     random_missing, hashes = evaluate.evaluate_random_missing(
         predict, params, test, task, rates=cfg.eval.missing_rates, seeds=seeds,
-        masks_out=masks_out, **eval_kw,
+        masks_out=masks_out, **kw,
     )  # fmt: skip
     if cfg.eval.per_modality_rates:
         per_modality, more_hashes = evaluate.evaluate_random_missing(
             predict, params, test, task, rates=cfg.eval.per_modality_rates, seeds=seeds,
-            masks_out=masks_out, **eval_kw,
+            masks_out=masks_out, **kw,
         )  # fmt: skip
         hashes.update(more_hashes)
     return {
@@ -287,6 +366,7 @@ def _final_evaluation(cfg, config, dataset, task, predict, params, eval_kw, mask
         "subset_mask_hash": masks_lib.mask_hash(masks_lib.all_subsets(len(spec.modalities))),
         "commit": report.git_commit(),
         "config": checkpointing.config_to_dict(config),
+        "excluded_rows": {k: v for k, v in excluded.items() if v},
         "subsets": subsets,
         "random_missing": random_missing,
         **({"per_modality_missing": per_modality} if cfg.eval.per_modality_rates else {}),

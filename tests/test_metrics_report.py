@@ -258,18 +258,3 @@ def test_git_commit(tmp_path):
     assert report.git_commit(tmp_path) == head
     (tmp_path / "f.txt").write_text("b")
     assert report.git_commit(tmp_path) == head + "+dirty"
-
-
-def test_atomic_write_gives_the_permissions_of_a_plain_write(tmp_path):
-    """Not mkstemp's owner-only 0600: results and predictions are meant to be shared."""
-    old = os.umask(0o022)
-    try:
-        report.atomic_write(tmp_path / "out.json", b"{}")
-        with open(tmp_path / "plain.json", "w") as f:
-            f.write("{}")
-    finally:
-        os.umask(old)
-    mode = os.stat(tmp_path / "out.json").st_mode & 0o777
-    assert mode == os.stat(tmp_path / "plain.json").st_mode & 0o777 == 0o644
-    assert (tmp_path / "out.json").read_bytes() == b"{}"
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []

@@ -154,6 +154,36 @@ def test_bad_inputs_are_named(run):
         predict.predict_arrays(run.trained, raw, np.ones((N_TEST, 3), bool))
 
 
+def test_infinite_overflowing_and_absurd_inputs_are_refused(run):
+    raw = _test_rows(run.data, "a", "b")
+    for value in (np.inf, -np.inf, 1e300):  # 1e300 becomes inf as a float32
+        bad = {**raw, "a": raw["a"].copy()}
+        bad["a"][[3, 5], 1] = value
+        with pytest.raises(
+            ValueError,
+            match=r"inputs\['a'\]: rows 3, 5 hold infinite values, or values that "
+            r"overflow float32 after normalisation.*set those samples' 'a' to NaN",
+        ):
+            predict.predict_arrays(run.trained, bad)
+    bad = {**raw, "b": raw["b"].copy()}
+    bad["b"][4, 0, 0] = -9999.0  # a sentinel; "b" has a std of about 0.1: 1e5 stds out
+    with pytest.raises(
+        ValueError,
+        match=r"inputs\['b'\]: rows 4 hold values up to .* training standard "
+        r"deviations from the training mean \(more than 10000\)",
+    ):
+        predict.predict_arrays(run.trained, bad)
+    # Masked out or NaN-marked, a sample's values do not matter; nearer values are fine.
+    bad["b"][5] = np.inf
+    bad["b"][6, 1, 1] = np.nan
+    bad["b"][7, 0, 0] = raw["b"][7, 0, 0] + 10.0  # ~100 standard deviations
+    mask = np.ones((N_TEST, 2), bool)
+    mask[[4, 5], 1] = False
+    out = predict.predict_arrays(run.trained, bad, mask)
+    assert np.isfinite(out["probabilities"]).all()
+    assert not out["mask"][[4, 5, 6], 1].any() and out["mask"][7].all()
+
+
 def test_load_trained_says_to_train_first(run, tmp_path):
     with pytest.raises(FileNotFoundError, match="no training run.*train first"):
         predict.load_trained(str(tmp_path))

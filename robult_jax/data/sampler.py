@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from robult_jax import files
 from robult_jax.data.types import Split
 
 # Independent random streams (arbitrary distinct constants).
@@ -77,30 +78,42 @@ def indices_sha256(idx: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(idx, dtype=np.int64).tobytes()).hexdigest()
 
 
-def save_label_split(path: str | os.PathLike, idx: np.ndarray, *, rate: float, seed: int) -> None:
-    """Writes the labeled indices, rate, seed and their hash as JSON."""
+def save_label_split(
+    path: str | os.PathLike,
+    idx: np.ndarray,
+    *,
+    rate: float,
+    seed: int,
+    dataset: str | None = None,
+    fingerprint: str | None = None,
+) -> None:
+    """Writes the labeled indices, rate, seed, dataset, data fingerprint and their hash as JSON."""
     idx = np.asarray(idx, dtype=np.int64)
     record = {
         "rate": float(rate),
         "seed": int(seed),
+        "dataset": dataset,
+        "fingerprint": fingerprint,
         "num_labeled": len(idx),
         "sha256": indices_sha256(idx),
         "indices": idx.tolist(),
     }
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f)
-    os.replace(tmp, path)  # atomic: a crash never leaves half a file
+    files.atomic_write(path, json.dumps(record).encode())
 
 
 def load_label_split(
-    path: str | os.PathLike, *, rate: float | None = None, seed: int | None = None
+    path: str | os.PathLike,
+    *,
+    rate: float | None = None,
+    seed: int | None = None,
+    dataset: str | None = None,
+    fingerprint: str | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Reads a label split written by `save_label_split`.
 
-    Checks the indices against their sha256, and the saved rate / seed against
-    `rate` / `seed` when given. Returns (indices, info) with info holding
-    "rate", "seed", "num_labeled" and "sha256".
+    Checks the indices against their sha256, and the saved rate, seed, dataset
+    and data fingerprint against the arguments given (None: not checked).
+    Returns (indices, info) with info holding the saved fields but the indices.
     """
     with open(path) as f:
         record = json.load(f)
@@ -112,6 +125,13 @@ def load_label_split(
             raise ValueError(
                 f"{path} holds the labeled split of sampling.label_{field}={record[field]}, not "
                 f"the {want} asked for; use a new --workdir (nothing was changed)."
+            )
+    for field, want in (("dataset", dataset), ("fingerprint", fingerprint)):
+        if want is not None and record.get(field) != want:
+            raise ValueError(
+                f"{path} holds the labeled split of other data (its {field} is "
+                f"{record.get(field)!r}, this run's is {want!r}); use a new --workdir (nothing "
+                "was changed)."
             )
     return idx, record
 
