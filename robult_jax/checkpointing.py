@@ -147,6 +147,19 @@ class CorruptCheckpointError(ValueError):
     """A checkpoint failed to restore, or its contents do not match its digest."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a lost mount, ...)."""
+
+
+def _cause(e: Exception) -> str:
+    """The useful part of an Orbax / TensorStore error (which appends its JSON spec)."""
+    text = str(e).split(" [tensorstore_spec")[0]
+    for known in ("No space left on device", "Permission denied", "Read-only file system"):
+        if known in text:
+            return known
+    return text[:400]
+
+
 def _host_array(x: Any) -> np.ndarray:
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         # Multi-host: the state is replicated, so any local shard holds all of it.
@@ -176,14 +189,14 @@ def _check_finite(state: Any) -> None:
             raise CorruptCheckpointError(f"non-finite values in {jax.tree_util.keystr(path)}")
 
 
-def _quiet_orphaned_reads() -> None:
-    """Silences the reads a failed restore leaves behind.
+def _quiet_orphaned_io() -> None:
+    """Silences the reads and writes a failed restore or save leaves behind.
 
-    When one array of a checkpoint fails to read, Orbax closes its event loop
-    while TensorStore still completes the other reads; each completion then
-    reports "RuntimeError: Event loop is closed" as an unraisable exception, a
-    screenful of tracebacks after the one clear warning. Only that exact error
-    is dropped; every other unraisable exception goes to the previous hook.
+    When one array of a checkpoint fails to read (or write: a full disk), Orbax
+    closes its event loop while TensorStore still completes the other arrays;
+    each completion then reports "RuntimeError: Event loop is closed" as an
+    unraisable exception, a screenful of tracebacks after the one clear message.
+    Only that exact error is dropped; every other one goes to the previous hook.
     """
     previous = sys.unraisablehook
     if getattr(previous, "_robult_jax", False):
@@ -208,6 +221,7 @@ class Checkpointer:
     def __init__(self, workdir: str, *, keep: int, read_only: bool = False):
         self._workdir = os.path.abspath(workdir)
         self._read_only = read_only
+        _quiet_orphaned_io()
 
         def manager(name: str, **options) -> ocp.CheckpointManager:
             return ocp.CheckpointManager(
@@ -236,8 +250,23 @@ class Checkpointer:
             state=ocp.args.StandardSave(state), digest=ocp.args.JsonSave(digest)
         )
 
+    def _writing(self, what: str, fn, *args, **kwargs):
+        """Runs a save (or waits for one): its errors become one CheckpointWriteError.
+
+        With asynchronous saves, a failed write surfaces at the next save or wait.
+        """
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            raise CheckpointWriteError(
+                f"could not write {what} in {self._workdir} ({_cause(e)}); complete "
+                "checkpoints were left as they were. Fix the cause (e.g. free disk space) and "
+                "run the same command to resume."
+            ) from e
+
     def save(self, step: int, state: Any) -> None:
-        self._latest.save(step, args=self._args(state), force=True)
+        args = self._args(state)
+        self._writing(f"checkpoint {step}", self._latest.save, step, args=args, force=True)
 
     def save_best(self, step: int, state: Any, score: float) -> None:
         """Saves `state`'s step and parameters if `score` beats the best so far.
@@ -249,8 +278,9 @@ class Checkpointer:
         best_score = self._best_score()
         if best_score is not None and not score > best_score:
             return
-        self._best.save(
-            step, args=self._args(best_part(state)), metrics={"score": float(score)}, force=True
+        args, metrics = self._args(best_part(state)), {"score": float(score)}
+        self._writing(
+            f"best checkpoint {step}", self._best.save, step, args=args, metrics=metrics, force=True
         )
         self._best_known = float(score)
 
@@ -279,10 +309,8 @@ class Checkpointer:
             )
             state, saved = restored["state"], restored["digest"]["sha256"]
         except Exception as e:  # a truncated or garbled file fails in many ways
-            _quiet_orphaned_reads()
-            # TensorStore appends its whole JSON spec to the message: keep the cause.
-            cause = str(e).split(" [tensorstore_spec")[0]
-            reason = f"{type(e).__name__}: {cause[:400]}"
+            _quiet_orphaned_io()
+            reason = f"{type(e).__name__}: {_cause(e)}"
             raise CorruptCheckpointError(f"{where} does not restore ({reason})") from e
         if state_digest(state) != saved:
             raise CorruptCheckpointError(f"{where} does not match the digest saved with it")
@@ -350,8 +378,8 @@ class Checkpointer:
         self._best_known = None
 
     def wait_until_finished(self) -> None:
-        self._latest.wait_until_finished()
-        self._best.wait_until_finished()
+        self._writing("checkpoints", self._latest.wait_until_finished)
+        self._writing("checkpoints", self._best.wait_until_finished)
 
     def close(self) -> None:
         self._latest.close()

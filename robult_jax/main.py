@@ -12,7 +12,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from robult_jax import files, interrupts, train
+from robult_jax import checkpointing, files, interrupts, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file in configs/.", lock_config=True
@@ -56,6 +56,11 @@ def main(argv: list[str]) -> None:
     except interrupts.Interrupted as e:
         print(e, file=sys.stderr)
         sys.exit(e.exit_status)  # 143 for SIGTERM, 130 for Ctrl-C, as if the signal had killed it
+    except checkpointing.CheckpointWriteError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        # Orbax's writer threads are still failing (a full disk): leave without the
+        # hundreds of lines their teardown logs after this message.
+        os._exit(2)
     except (ValueError, FileNotFoundError, ImportError, train.NonFiniteLossError,
             files.WorkdirBusyError) as e:  # fmt: skip
         # Expected user errors: one clear message, no traceback.

@@ -153,9 +153,19 @@ def test_cli_rejects_unknown_config_key(tmp_path):
         "--config.data.lable_rate=0.1",
         cwd=ROOT,
     )
-    assert out.returncode != 0
-    assert "lable_rate" in out.stderr
+    assert out.returncode == 2
+    assert "error: --config.data.lable_rate: 'lable_rate' is not a field" in out.stderr
+    assert "Traceback" not in out.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_cli_workdir_it_cannot_write_is_one_clear_message(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    workdir = tmp_path / "file" / "w"
+    out = _cli("--config", "configs/synthetic.py", "--workdir", str(workdir), cwd=ROOT)
+    assert out.returncode == 2
+    assert f"error: [Errno 20] Not a directory: '{workdir}'" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_cli_bad_value_is_one_clear_message(tmp_path):

@@ -183,3 +183,22 @@ def test_num_steps_cannot_change_on_resume(tmp_path):
     with pytest.raises(ValueError, match="(?s)train.num_steps: saved 8, now 16.*schedule depends"):
         train.train_and_evaluate(_config(**{"train.num_steps": 16}), str(workdir))
     assert _snapshot(workdir) == before
+
+
+def test_a_failed_checkpoint_write_is_one_clear_error(tmp_path, monkeypatch):
+    """As Orbax reports a full disk (its TensorStore error, JSON spec appended)."""
+    ckpt = checkpointing.Checkpointer(str(tmp_path), keep=2)
+    ckpt.save(1, _state())
+
+    def full(*args, **kwargs):
+        raise ValueError(
+            'RESOURCE_EXHAUSTED: Error writing "w/0": Failed to write 10014 bytes to file 5: '
+            'No space left on device [os_error_code=28] [tensorstore_spec={"driver": "zarr"}]'
+        )
+
+    monkeypatch.setattr(ckpt._latest, "save", full)
+    with pytest.raises(checkpointing.CheckpointWriteError, match=r"checkpoint 2 .*\(No space left"):
+        ckpt.save(2, _state(2.0))
+    monkeypatch.undo()
+    assert ckpt._latest.all_steps() == [1]  # the complete one is untouched
+    ckpt.close()
