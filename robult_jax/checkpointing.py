@@ -57,6 +57,7 @@ RESUMABLE_FIELDS = (
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.progress_bar",
+    "train.tensorboard",
     "data.data_dir",
     "eval.",
 )

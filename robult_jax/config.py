@@ -248,6 +248,7 @@ class TrainConfig:
     checkpoint_every: int = _checked(_integer(1))
     keep_checkpoints: int = _checked(_integer(1))
     progress_bar: bool = _checked(_flag)
+    tensorboard: bool = _checked(_flag)  # also TensorBoard event files (needs tensorboardX)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Command line: train, checkpoint, resume and evaluate under missing modalities.
 
-  python -m robult_jax.main --config configs/watch.py --workdir runs/watch \
-      [--config.sampling.label_rate=0.1 ...]
+  python -m robult_jax.main --config configs/watch.py --workdir runs/watch
+  robult-jax train --config watch:fused --workdir runs/watch_fused
+      [--config.sampling.label_rate=0.1 ...]   (any field of the config)
 
 Thin on purpose: everything else lives in importable modules.
 """
@@ -12,10 +13,13 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from robult_jax import checkpointing, files, interrupts, train
+from robult_jax import checkpointing, configs, files, interrupts, train
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file in configs/.", lock_config=True
+    "config",
+    None,
+    "A config: a file path or the name of a packaged config (watch, watch:fused, ...).",
+    lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, metrics and results (resumed if it exists)."
@@ -24,7 +28,16 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with a misspelt `--config.x.y=...` as one message, not a traceback."""
+    """absl's parsing, with a misspelt `--config.x.y=...` as one message, not a traceback.
+
+    `--config` takes a path (`configs/watch.py`, `my_config.py:fused`) or the name
+    of a config shipped in the package (`watch`, `watch:fused`, `mfeat_supervised`).
+    """
+    try:
+        argv = configs.resolve_config_flag(argv)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:  # a bad value, an unknown flag, a missing --config
@@ -75,5 +88,10 @@ def main(argv: list[str]) -> None:
     print(f"Results, metrics and checkpoints are in {_WORKDIR.value}/")
 
 
+def run(argv: list[str] | None = None) -> None:
+    """The command line (`argv` as sys.argv: program name first)."""
+    app.run(main, argv=argv, flags_parser=parse_flags)
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    run()

@@ -1,18 +1,32 @@
-"""One metrics writer: JSON lines in the workdir, plus a terminal progress bar.
+"""One metrics writer: JSON lines in the workdir, optional TensorBoard event files,
+and a terminal progress bar.
 
 Keys are `train/...` and `eval/...`. Only the process with index 0 writes, so
 multi-host runs produce one file.
+
+`metrics.jsonl` is the record (read by the tests and reports). TensorBoard
+event files in `<workdir>/tensorboard/` are a view of the same rows for
+`tensorboard --logdir runs/`, written with tensorboardX because it needs
+neither TensorFlow nor PyTorch; without it installed the run warns once and
+writes JSON lines only.
 """
 
 import json
 import math
+import numbers
 import os
 import sys
 import time
 
 import jax
+from absl import logging
 
 from robult_jax import files
+
+# tensorboardX writes events from a background thread and flushes them to disk
+# every `_FLUSH_SECS`: a live TensorBoard lags by at most that, and a killed run
+# can lose that much of its event files (never of metrics.jsonl).
+_FLUSH_SECS = 5
 
 
 class MetricWriter:
@@ -22,17 +36,33 @@ class MetricWriter:
     by an attempt that was killed before its next checkpoint; the resumed run
     writes them again, so they are dropped first (as is a line cut short by
     the kill), and the file holds one row per step.
+
+    `tensorboard`: also write each row's values as scalars, same keys, into
+    `<workdir>/tensorboard/`. Event files cannot be edited, so the events of
+    steps after `resume_step` are hidden instead: the new event file starts
+    with a purge marker at `resume_step + 1`, and TensorBoard drops the
+    events at and after that step that earlier files hold.
     """
 
-    def __init__(self, workdir: str, resume_step: int = 0):
+    def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = False):
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._main = jax.process_index() == 0
+        self._tb = None
+        self._hparams_written = False
         if self._main and os.path.exists(self.path):
             with open(self.path, "rb") as f:
                 lines = f.read().splitlines()
             kept = [line for line in lines if _step_of(line) <= resume_step]
             if len(kept) != len(lines):
                 files.atomic_write(self.path, b"".join(line + b"\n" for line in kept))
+        if self._main and tensorboard:
+            logdir = os.path.join(workdir, "tensorboard")
+            # An earlier attempt on this workdir already recorded the hyper-parameters
+            # (steps <= resume_step are never purged, and write_hparams writes at 0).
+            self._hparams_written = os.path.isdir(logdir) and any(
+                name.startswith("events.out.tfevents") for name in os.listdir(logdir)
+            )
+            self._tb = _summary_writer(logdir, resume_step)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self._main:
@@ -41,6 +71,80 @@ class MetricWriter:
         record.update({k: _to_json(v) for k, v in metrics.items()})
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in metrics.items():
+                self._tb.add_scalar(key, float(value), int(step), walltime=record["time"])
+
+    def write_hparams(self, config_dict: dict) -> None:
+        """Records the flattened config (`"optim.learning_rate": 1e-3`, ...) in TensorBoard.
+
+        Once per event directory: as a text table (TEXT tab) and as the run's
+        hyper-parameters (HPARAMS tab, next to its scalars). No-op without
+        TensorBoard output.
+        """
+        if self._tb is None or self._hparams_written:
+            return
+        from tensorboardX.summary import hparams
+
+        flat = {k: _hparam_value(v) for k, v in _flatten(config_dict).items()}
+        rows = "".join(f"| `{k}` | {str(v).replace('|', '&#124;')} |\n" for k, v in flat.items())
+        self._tb.add_text("config", "| field | value |\n|---|---|\n" + rows, 0)
+        # Session start info alone: TensorBoard lists this run under HPARAMS with
+        # these values and takes its metrics from the run's own scalar tags.
+        _, session_start, _ = hparams({k: v for k, v in flat.items() if v is not None}, {})
+        self._tb.file_writer.add_summary(session_start, 0)
+        self._hparams_written = True
+
+    def close(self) -> None:
+        """Writes out and closes the event file; safe to call more than once."""
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _summary_writer(logdir: str, resume_step: int):
+    """A tensorboardX SummaryWriter on `logdir`, or None (and a warning) without tensorboardX."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        logging.warning(
+            "train.tensorboard is on but tensorboardX is not installed (`pip install "
+            "tensorboardX`): writing metrics.jsonl only."
+        )
+        return None
+    # purge_step: TensorBoard discards the earlier files' events at steps >= it,
+    # the ones this run writes again (metrics.jsonl drops the same rows).
+    # The suffix: tensorboardX names a file by the second it was opened in and
+    # opens it with "wb", so a resume within that second would overwrite the
+    # earlier file; nanoseconds keep the names distinct and in order.
+    return SummaryWriter(
+        logdir,
+        purge_step=resume_step + 1,
+        flush_secs=_FLUSH_SECS,
+        filename_suffix=f".{time.time_ns()}",
+    )
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _hparam_value(value):
+    """bool, number and str as they are (TensorBoard can sort and filter them); the rest as text."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return json.dumps(value, default=str) if isinstance(value, list | tuple) else str(value)
 
 
 def _step_of(line: bytes) -> float:

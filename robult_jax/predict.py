@@ -310,6 +310,11 @@ def main(argv: list[str]) -> None:
     )
 
 
-if __name__ == "__main__":
+def run(argv: list[str] | None = None) -> None:
+    """The command line (`argv` as sys.argv: program name first)."""
     flags.mark_flags_as_required(["workdir", "input", "output"])
-    app.run(main)
+    app.run(main, argv=argv)
+
+
+if __name__ == "__main__":
+    run()

@@ -14,6 +14,7 @@ strings (`f"{rate:g}"`, as `evaluate` writes them). Every file is written with
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import logging
@@ -32,7 +33,15 @@ SECTIONS = ("subsets", "random_missing")
 # Present only when the config asks for it (eval.per_modality_rates).
 OPTIONAL_SECTIONS = ("per_modality_missing",)
 # Long provenance fields kept out of the Markdown header (they stay in results.json).
-_JSON_ONLY = ("config", "mask_hashes", "data_cleaning", "excluded_rows")
+_JSON_ONLY = (
+    "config",
+    "mask_hashes",
+    "data_cleaning",
+    "excluded_rows",
+    "software",
+    "devices",
+    "wall_time_s",
+)
 _log = logging.getLogger(__name__)
 
 
@@ -287,6 +296,17 @@ def plot_comparison(
     _plot_rate_curves(ax, sections, metric)
     ax.legend()
     atomic_write(path, _png_bytes(fig))
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of robult_jax and of the libraries a result depends on ("unknown" if absent)."""
+    out = {}
+    for name in ("robult_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "unknown"  # e.g. robult_jax run from a clone, not installed
+    return out
 
 
 def git_commit(path: str | os.PathLike | None = None) -> str:

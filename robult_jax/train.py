@@ -183,6 +183,7 @@ def train_and_evaluate(
 
 
 def _train_and_evaluate(cfg, config, dataset, workdir, signals, *, pause_at_step, devices):
+    started = time.time()
     spec = dataset.spec
     task = tasks.get(spec.task)
     record = data_record(dataset)
@@ -224,7 +225,8 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, *, pause_at_step
                 fingerprint=record["fingerprint"],
             )
         write_dataset_artifacts(workdir, dataset)
-    writer = MetricWriter(workdir, resume_step=start_step)
+    writer = MetricWriter(workdir, resume_step=start_step, tensorboard=cfg.train.tensorboard)
+    writer.write_hparams(checkpointing.config_to_dict(config))
 
     schedule = objective.make_schedule(cfg.optim, num_steps)
     train_step = jax.jit(
@@ -237,7 +239,7 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, *, pause_at_step
     progress = None
     timed_from = None  # (time, step) after the first, compiling, step of this process
     stop = num_steps if pause_at_step is None else min(num_steps, pause_at_step)
-    with signals.deferred():
+    with signals.deferred(), contextlib.closing(writer):
         for step in range(start_step, stop):
             batch = parallel.shard_batch(train_sampler.batch(step), mesh)
             state, metrics = train_step(state, batch, train_key)
@@ -316,6 +318,16 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, *, pause_at_step
         cfg, config, dataset, task, predict, best["params"], eval_kw, eval_masks
     )
     results.update(
+        software=report.software_versions(),
+        devices={
+            "platform": jax.devices()[0].platform,
+            "kind": jax.devices()[0].device_kind,
+            "count": jax.device_count(),
+            "processes": jax.process_count(),
+        },
+        num_parameters=int(sum(np.size(x) for x in jax.tree.leaves(best["params"]))),
+        # Of this invocation only (a resumed run's earlier attempts are not in it).
+        wall_time_s=round(time.time() - started, 1),
         best_step=int(best_step),
         label_split_hash=sampler.indices_sha256(labeled_idx),
         num_labeled=int(len(labeled_idx)),

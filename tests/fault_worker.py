@@ -66,10 +66,8 @@ def inject(kind: str, arg: str) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
-
     from robult_jax import main
 
     kind, _, arg = os.environ.get("FAULT", "").partition(":")
     inject(kind, arg)
-    app.run(main.main, flags_parser=main.parse_flags)
+    main.run()

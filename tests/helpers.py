@@ -2,8 +2,8 @@
 
 import ml_collections
 
-from configs import synthetic
 from robult_jax import config as config_lib
+from robult_jax.configs import synthetic
 
 
 def raw_config(architecture: str = "paper", **overrides) -> ml_collections.ConfigDict:

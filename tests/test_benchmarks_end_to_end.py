@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from test_data_benchmarks import _write_affect
 
-from configs import mosi
 from robult_jax import train
+from robult_jax.configs import mosi
 
 
 @pytest.mark.slow

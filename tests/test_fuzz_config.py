@@ -70,7 +70,8 @@ FLOATS = {
 OTHERS = [  # the fields that are not one number
     "method", "model.architecture", "model.fusion_stems", "model.combine", "model.fusion",
     "model.encoders", "model.cnn1d_features", "model.cnn2d_features", "loss.pu_mode",
-    "loss.rec_target", "loss.rec_stop_gradient", "train.progress_bar", "eval.split",
+    "loss.rec_target", "loss.rec_stop_gradient", "train.progress_bar", "train.tensorboard",
+    "eval.split",
     "sampling.modality_dropout_rates", "eval.missing_rates", "eval.mask_seeds",
     "eval.per_modality_rates",
 ]  # fmt: skip

@@ -16,8 +16,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import arrays_example
 from robult_jax import evaluate, parallel, predict, train
+from robult_jax.configs import arrays_example
 from robult_jax.data import load_dataset, register_dataset
 from robult_jax.data.arrays import load_arrays
 

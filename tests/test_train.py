@@ -111,6 +111,20 @@ def test_training_learns_and_writes_results(tmp_path, architecture):
     assert set(results["subsets"]) == {"a", "b", "a+b"}
     assert results["mask_hashes"] and results["commit"]
     assert results["architecture"] == architecture
+    # Provenance: software, devices, size and time, besides the config and commit.
+    assert results["software"]["jax"] == jax.__version__
+    assert results["software"]["flax"] and results["software"]["orbax-checkpoint"]
+    assert results["devices"] == {
+        "platform": "cpu", "kind": "cpu", "count": 4, "processes": 1,
+    }  # fmt: skip
+    assert results["num_parameters"] == sum(
+        np.size(x) for x in jax.tree.leaves(_params(str(tmp_path), config).params)
+    )
+    assert results["wall_time_s"] > 0
+    assert (
+        results["data_fingerprint"]
+        == json.loads((tmp_path / "data.json").read_text())["fingerprint"]
+    )
     # The synthetic classes are easy (chance is 1/3): both modalities together beat it clearly.
     assert results["subsets"]["a+b"]["accuracy"] > 0.7
 

@@ -6,7 +6,7 @@ Run:
   python -m robult_jax.main --config configs/mfeat_supervised.py --workdir runs/mfeat_sup
 """
 
-from configs import mfeat
+from robult_jax.configs import mfeat
 
 
 def get_config(architecture: str = "paper"):

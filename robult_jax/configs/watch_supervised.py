@@ -6,7 +6,7 @@ Run:
   python -m robult_jax.main --config configs/watch_supervised.py --workdir runs/watch_sup
 """
 
-from configs import watch
+from robult_jax.configs import watch
 
 
 def get_config(architecture: str = "paper"):

@@ -10,7 +10,7 @@ Run:
 
 import ml_collections
 
-from configs import mosi
+from robult_jax.configs import mosi
 
 
 def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:

@@ -6,7 +6,7 @@ Run:
 
 import ml_collections
 
-from configs import watch
+from robult_jax.configs import watch
 
 
 def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
@@ -43,6 +43,7 @@ def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
     config.train.eval_every = 10
     config.train.checkpoint_every = 10
     config.train.progress_bar = False
+    config.train.tensorboard = False
     config.eval.batch_size = 16
     config.eval.missing_rates = (0.0, 0.5)
     config.eval.mask_seeds = (0, 1)

@@ -10,7 +10,7 @@ Run:
 
 import ml_collections
 
-from configs import watch
+from robult_jax.configs import watch
 
 
 def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:

@@ -4,7 +4,7 @@ Run:
   python -m robult_jax.main --config configs/watch_robult_no_rec.py --workdir runs/watch_norec
 """
 
-from configs import watch
+from robult_jax.configs import watch
 
 
 def get_config(architecture: str = "paper"):

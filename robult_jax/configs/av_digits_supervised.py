@@ -6,7 +6,7 @@ Run:
   python -m robult_jax.main --config configs/av_digits_supervised.py --workdir runs/av_digits_sup
 """
 
-from configs import av_digits
+from robult_jax.configs import av_digits
 
 
 def get_config(architecture: str = "paper"):

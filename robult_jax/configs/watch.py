@@ -79,6 +79,7 @@ def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 200  # periodic checkpoint for resuming
     config.train.keep_checkpoints = 2  # periodic checkpoints kept (the best is kept apart)
     config.train.progress_bar = True
+    config.train.tensorboard = True  # also <workdir>/tensorboard/ event files (tensorboardX)
 
     config.eval = ml_collections.ConfigDict()
     config.eval.split = "test"  # final evaluation split; "validation" while tuning

@@ -15,7 +15,7 @@ names cannot be added from the command line).
 
 import ml_collections
 
-from configs import watch
+from robult_jax.configs import watch
 
 
 def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:

@@ -4,7 +4,7 @@ Run:
   python -m robult_jax.main --config configs/watch_hard_pu.py --workdir runs/watch_hard_pu
 """
 
-from configs import watch
+from robult_jax.configs import watch
 
 
 def get_config(architecture: str = "paper"):

@@ -12,7 +12,7 @@ Override any field, e.g. `--config.sampling.label_rate=0.05 --config.seed=1`.
 
 import ml_collections
 
-from configs import watch
+from robult_jax.configs import watch
 
 
 def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:

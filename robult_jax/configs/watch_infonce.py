@@ -4,7 +4,7 @@ Run:
   python -m robult_jax.main --config configs/watch_infonce.py --workdir runs/watch_infonce
 """
 
-from configs import watch
+from robult_jax.configs import watch
 
 
 def get_config(architecture: str = "paper"):

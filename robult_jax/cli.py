@@ -1,0 +1,56 @@
+"""One command: `robult-jax <command> [flags]` (also `python -m robult_jax ...`).
+
+  robult-jax train   --config watch --workdir runs/watch     train, resume, evaluate
+  robult-jax predict --workdir runs/watch --input new.npz --output preds.npz
+
+`robult-jax <command> --help` lists a command's flags. Each command is the
+module of the same role (`robult_jax.main`, `robult_jax.predict`); only the
+chosen one is imported, because both define the absl flag --workdir.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, what it does)
+COMMANDS = {
+    "train": (
+        "robult_jax.main",
+        "train (or resume) a config, then evaluate under missing modalities",
+    ),
+    "predict": ("robult_jax.predict", "predict with a trained workdir on new .npz / .npy inputs"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {what}" for name, (_, what) in COMMANDS.items()]
+    return (
+        "usage: robult-jax <command> [flags]   (robult-jax <command> --help for its flags)\n\n"
+        "commands:\n" + "\n".join(lines)
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv if argv is None else argv
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(usage())
+        sys.exit(0 if len(argv) >= 2 else 2)
+    name = argv[1]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}.\n\n{usage()}", file=sys.stderr)
+        sys.exit(2)
+    module = importlib.import_module(COMMANDS[name][0])
+    if any(a in ("-h", "--help", "-help") for a in argv[2:]):
+        # absl's own --help describes the program's __main__ module, not this command.
+        from absl import flags
+
+        print(f"robult-jax {name}: {module.__doc__}")
+        print(flags.FLAGS.module_help(module.__name__))
+        sys.exit(0)
+    module.run([f"robult-jax {name}", *argv[2:]])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""`robult-jax <command>` / `python -m robult_jax`, and configs named from anywhere."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from robult_jax import configs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, cwd):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "robult_jax", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_packaged_configs_resolve_by_name_and_paths_pass_through(tmp_path):
+    assert {"watch", "synthetic", "mfeat_supervised"} <= set(configs.names())
+    assert configs.resolve("watch") == os.path.join(configs.DIRECTORY, "watch.py")
+    assert configs.resolve("watch:fused") == os.path.join(configs.DIRECTORY, "watch.py:fused")
+    assert configs.resolve("configs/watch.py:fused") == "configs/watch.py:fused"
+    own = tmp_path / "mine.py"
+    own.write_text("")
+    assert configs.resolve(str(own)) == str(own)
+    with pytest.raises(ValueError, match="packaged ones are: .*synthetic, watch"):
+        configs.resolve("wacth")
+    argv = ["prog", "--config", "watch", "--config=mfeat:fused", "--workdir", "w"]
+    assert configs.resolve_config_flag(argv) == [
+        "prog",
+        "--config",
+        os.path.join(configs.DIRECTORY, "watch.py"),
+        f"--config={os.path.join(configs.DIRECTORY, 'mfeat.py')}:fused",
+        "--workdir",
+        "w",
+    ]
+
+
+def test_the_command_lists_its_commands_and_rejects_unknown_ones(tmp_path):
+    out = _run("--help", cwd=tmp_path)
+    assert out.returncode == 0 and "train" in out.stdout and "predict" in out.stdout
+    out = _run("fit", cwd=tmp_path)
+    assert out.returncode == 2 and "unknown command 'fit'" in out.stderr
+    out = _run("train", "--help", cwd=tmp_path)
+    assert out.returncode == 0 and "--workdir" in out.stdout and "--config" in out.stdout
+    out = _run("train", "--config", "wacth", "--workdir", str(tmp_path / "w"), cwd=tmp_path)
+    assert out.returncode == 2 and "packaged ones are" in out.stderr
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_an_own_config_outside_the_repository_starts_from_a_packaged_one(tmp_path):
+    (tmp_path / "my_config.py").write_text(
+        textwrap.dedent(
+            """
+            from robult_jax.configs import synthetic
+
+            def get_config(architecture="paper"):
+                config = synthetic.get_config(architecture)
+                config.train.num_steps = 2
+                config.train.eval_every = 2
+                config.eval.missing_rates = (0.5,)
+                return config
+            """
+        )
+    )
+    workdir = tmp_path / "run"
+    out = _run("train", "--config", "my_config.py:fused", "--workdir", str(workdir), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (workdir / "results.json").exists()
+    assert '"architecture": "fused"' in (workdir / "results.json").read_text()
