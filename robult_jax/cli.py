@@ -2,6 +2,7 @@
 
   robult-jax train   --config watch --workdir runs/watch     train, resume, evaluate
   robult-jax predict --workdir runs/watch --input new.npz --output preds.npz
+  robult-jax compare --dataset watch --methods robult,supervised --workdir runs/cmp
 
 `robult-jax <command> --help` lists a command's flags. Each command is the
 module of the same role (`robult_jax.main`, `robult_jax.predict`); only the
@@ -20,7 +21,11 @@ COMMANDS = {
         "train (or resume) a config, then evaluate under missing modalities",
     ),
     "predict": ("robult_jax.predict", "predict with a trained workdir on new .npz / .npy inputs"),
+    "compare": ("robult_jax.compare", "compare methods over seeds, each run keyed by its config"),
 }
+
+
+ABSL_COMMANDS = ("train", "predict")  # absl flags; the others parse with argparse
 
 
 def usage() -> str:
@@ -42,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: unknown command {name!r}.\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     module = importlib.import_module(COMMANDS[name][0])
-    if any(a in ("-h", "--help", "-help") for a in argv[2:]):
+    if name in ABSL_COMMANDS and any(a in ("-h", "--help", "-help") for a in argv[2:]):
         # absl's own --help describes the program's __main__ module, not this command.
         from absl import flags
 
