@@ -138,7 +138,7 @@ def _encoders(where: str, v: Any) -> tuple[tuple[str, str], ...]:
     if not all(isinstance(name, str) for name in pairs):
         _fail(where, v, "must map modality names (strings) to encoder names")
     for name, encoder in pairs.items():
-        _choice(encoders.ENCODER_NAMES)(f"{where}[{name!r}]", encoder)
+        _choice(encoders.encoder_names())(f"{where}[{name!r}]", encoder)
     return tuple(sorted(pairs.items()))
 
 

@@ -98,13 +98,53 @@ class ConvEncoder(nn.Module):
 # Per-sample input ranks each encoder accepts (rank of `ModalitySpec.shape`).
 _ALLOWED_RANKS = {"mlp": None, "cnn1d": (1, 2), "cnn2d": (2, 3), "transformer": (2,), "gru": (2,)}
 
+# Encoders registered by users: name -> builder(model_config, name=...) -> nn.Module.
+_REGISTERED: dict = {}
+
+
+def register_encoder(
+    name: str, builder, *, ranks: tuple[int, ...] | None = None, overwrite: bool = False
+) -> None:
+    """Makes `builder` available as `model.encoders[<modality>] = name`.
+
+    `builder(model, name=...)` gets the typed `config.ModelConfig` and the flax
+    module name, and returns a linen module whose `__call__(x, *, train)` maps
+    (B, *shape) float32 inputs to (B, model.latent_dim). `ranks`: the
+    per-sample ranks it accepts (None: any). Register before the config is
+    checked, e.g. at the top of your own config file, which the CLI imports:
+
+        from robult_jax import encoders
+
+        class Tiny(nn.Module):
+            latent_dim: int
+
+            @nn.compact
+            def __call__(self, x, *, train=False):
+                return nn.Dense(self.latent_dim)(x.reshape(len(x), -1))
+
+        encoders.register_encoder("tiny", lambda model, name: Tiny(model.latent_dim, name=name))
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"encoder name must be a non-empty string, got {name!r}.")
+    if not overwrite and (name in _ALLOWED_RANKS or name in _REGISTERED):
+        raise ValueError(f"encoder {name!r} already exists; pass overwrite=True to replace it.")
+    if name in ENCODER_NAMES:
+        raise ValueError(f"{name!r} is a built-in encoder; register yours under another name.")
+    _REGISTERED[name] = builder
+    _ALLOWED_RANKS[name] = ranks
+
+
+def encoder_names() -> tuple[str, ...]:
+    """The built-in encoders, then the registered ones."""
+    return (*ENCODER_NAMES, *_REGISTERED)
+
 
 def check_encoder(
     encoder_name: str, modality_name: str, shape: Sequence[int], kind: str | None = None
 ) -> None:
     """Raises ValueError if encoder `encoder_name` cannot take inputs of `shape` (`kind`).
 
-    The name itself is one of ENCODER_NAMES: config.py checks `model.encoders`.
+    The name itself is one of `encoder_names()`: config.py checks `model.encoders`.
     """
     ranks = _ALLOWED_RANKS[encoder_name]
     if ranks is not None and len(shape) not in ranks:
@@ -128,12 +168,14 @@ def check_encoder(
 
 
 def make_encoder(encoder_name: str, model, *, name: str | None = None) -> nn.Module:
-    """Builds the encoder module called `encoder_name` (one of ENCODER_NAMES, checked in config.py).
+    """Builds the encoder called `encoder_name` (one of `encoder_names()`, checked in config.py).
 
     `model` is the typed `config.ModelConfig`: every encoder reads its widths
     from it (`seq_width`, `seq_layers` and `num_heads` only the sequence
     encoders; the transformer's feed-forward width is `hidden_dim`).
     """
+    if encoder_name in _REGISTERED:
+        return _REGISTERED[encoder_name](model, name=name)
     d, rate = model.latent_dim, model.dropout_rate
     if encoder_name == "mlp":
         return MLPEncoder(d, model.hidden_dim, rate, name=name)

@@ -78,3 +78,78 @@ def test_an_own_config_outside_the_repository_starts_from_a_packaged_one(tmp_pat
     assert out.returncode == 0, out.stderr[-2000:]
     assert (workdir / "results.json").exists()
     assert '"architecture": "fused"' in (workdir / "results.json").read_text()
+
+
+OWN_ENCODER_AND_DATA = """
+import flax.linen as nn
+import ml_collections
+import numpy as np
+
+from robult_jax import encoders
+from robult_jax.configs import synthetic
+from robult_jax.data import Dataset, DatasetSpec, ModalitySpec, Split, register_dataset
+
+
+class Tiny(nn.Module):
+    latent_dim: int
+
+    @nn.compact
+    def __call__(self, x, *, train=False):
+        return nn.Dense(self.latent_dim)(x.reshape(len(x), -1))
+
+
+encoders.register_encoder("tiny", lambda model, name: Tiny(model.latent_dim, name=name))
+
+
+def load_blobs(data_config):
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        labels = (np.arange(n) % 3).astype(np.int32)
+        x = (rng.normal(size=(n, 4)) + labels[:, None]).astype(np.float32)
+        y = (rng.normal(size=(n, 6)) - labels[:, None]).astype(np.float32)
+        return Split.complete({"x": x, "y": y}, labels)
+
+    spec = DatasetSpec(
+        "blobs", (ModalitySpec("x", (4,), "vector"), ModalitySpec("y", (6,), "vector")),
+        task="multiclass", num_outputs=3,
+    )
+    return Dataset(spec, split(48), split(16), split(16))
+
+
+register_dataset("blobs", load_blobs)
+
+
+def get_config(architecture="paper"):
+    config = synthetic.get_config(architecture)
+    config.data = ml_collections.ConfigDict({"name": "blobs"})
+    config.model.encoders = ml_collections.ConfigDict({"x": "tiny", "y": "mlp"})
+    config.train.num_steps = 2
+    config.train.eval_every = 2
+    config.eval.missing_rates = (0.5,)
+    return config
+"""
+
+
+@pytest.mark.slow
+def test_an_own_encoder_and_dataset_loader_registered_in_an_own_config_file(tmp_path):
+    """The extension points, without forking: registered where the CLI imports them."""
+    (tmp_path / "blobs.py").write_text(OWN_ENCODER_AND_DATA)
+    workdir = tmp_path / "run"
+    out = _run("train", "--config", "blobs.py", "--workdir", str(workdir), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = (workdir / "results.json").read_text()
+    assert '"dataset": "blobs"' in results and '"x": "tiny"' in results
+
+
+def test_register_encoder_refuses_clashes():
+    from robult_jax import encoders
+
+    with pytest.raises(ValueError, match="built-in encoder"):
+        encoders.register_encoder("mlp", lambda model, name: None, overwrite=True)
+    encoders.register_encoder("probe", lambda model, name: None, ranks=(1,), overwrite=True)
+    assert encoders.encoder_names()[-1] == "probe"
+    with pytest.raises(ValueError, match="already exists"):
+        encoders.register_encoder("probe", lambda model, name: None)
+    with pytest.raises(ValueError, match="rank"):
+        encoders.check_encoder("probe", "m", (2, 3))
