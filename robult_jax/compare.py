@@ -15,7 +15,8 @@ Each run is keyed by its full config: it trains in
 only when its config is exactly the one asked for (asking for 10% labels in a
 folder of 5% runs trains new runs), and an interrupted comparison resumes.
 The comparison's own files are named by what it compares, e.g.
-`comparison-robult,supervised-seeds0,1,2-test.{md,json,png}`, so a comparison
+`comparison-robult,supervised-seeds0,1,2-test.{md,csv,tex,json,png,pdf}` (and
+`-subsets.{png,pdf}`, `report.write_comparison`), so a comparison
 with other seeds or methods never overwrites another's table. Nothing is
 written outside `--workdir`.
 """
@@ -155,26 +156,17 @@ def comparison_name(args) -> str:
 
 
 def _write(args, runs: dict[str, list[dict]]) -> None:
-    first = runs[args.methods[0]][0]
-    metric = first.get("primary_metric", "accuracy")
-    table = report.comparison_table(runs, rates=args.rates, metric=metric)
-    commits = sorted({r["commit"] for rs in runs.values() for r in rs})
-    header = (
-        f"Dataset: {first.get('variant', first['dataset'])}; split: {args.split}; "
-        f"label rate: {first['label_rate']}; seeds: {args.seeds} (each seed sets the model "
-        f"init, data order{'' if args.fixed_label_split else ' and the labeled subset'}; "
-        f"missing masks: seeds {first['mask_seeds']} per run); overrides: "
-        f"{args.set or 'none'}; commit of the runs: {', '.join(commits)}.\n"
-        f"Cells: {metric}, mean +/- std over seeds. Subset rows: only those modalities at test "
-        "time; 'missing p' rows: each modality of each test sample absent with probability p "
-        "(at least one kept).\n\n"
+    labeled = "" if args.fixed_label_split else " and the labeled subset"
+    notes = (
+        f"Each training seed sets the model init, data order{labeled}; "
+        f"overrides: {', '.join(args.set) or 'none'}."
     )
-    base = os.path.join(args.workdir, comparison_name(args))
-    files.atomic_write(base + ".md", (header + table + "\n").encode())
-    files.atomic_write(base + ".json", json.dumps(runs, indent=1).encode())
-    report.plot_comparison(base + ".png", runs, metric=metric)
-    print(header + table)
-    print(f"Written: {base}.{{md,json,png}}")
+    paths = report.write_comparison(
+        args.workdir, runs, name=comparison_name(args), rates=args.rates, notes=notes
+    )
+    with open(paths["md"]) as f:
+        print(f.read())
+    print("Written: " + ", ".join(sorted(paths.values())))
 
 
 def run(argv: list[str] | None = None) -> None:

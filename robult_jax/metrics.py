@@ -4,7 +4,9 @@ Shape legend: N samples, C classes (or outputs).
 
 Evaluation runs on host arrays after the jitted forward pass, so these are
 numpy functions; `robult_jax.tasks` picks the one of a dataset's task
-(`tasks.get(spec.task).metrics`) and names its primary metric.
+(`tasks.get(spec.task).metrics`) and names its primary metric. The last
+functions summarise results: spreads over mask seeds (`mean_std`) and over
+training seeds (`seed_stats`), and the robustness area (`rate_auc`).
 
     >>> import numpy as np
     >>> accuracy(np.array([0, 1, 1]), np.array([0, 1, 0]))
@@ -212,11 +214,90 @@ def regression_metrics(pred_N: np.ndarray, y_N: np.ndarray) -> dict[str, float]:
 def mean_std(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
     """Mean and *population* standard deviation (ddof=0) of `values`.
 
-    Why ddof=0: with the 3-5 seeds typical here it describes the spread of
-    the runs actually made, is defined for a single run (std 0), and matches
-    `np.std`'s default; say so when comparing to papers that use ddof=1.
+    Used for the spread over the mask seeds inside one run
+    (`evaluate.evaluate_random_missing`): it describes the masks actually
+    drawn and is defined for one mask (std 0). The spread over training seeds,
+    an estimate of run-to-run variation, is `seed_stats`'s sample std.
     """
+    arr = _values_1d(values)
+    return float(arr.mean()), float(arr.std(ddof=0))
+
+
+def _values_1d(values: Sequence[float] | np.ndarray) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"values must be a non-empty 1-D sequence, got shape {arr.shape}")
-    return float(arr.mean()), float(arr.std(ddof=0))
+    return arr
+
+
+# t_{0.975, df}, df = 1..30: the two-sided 95% quantiles of Student's t
+# (scipy.stats.t.ppf(0.975, df), 4 decimals). Why a table: scipy is not a dependency.
+_T975 = (
+    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
+)  # fmt: skip
+_Z975 = 1.959963984540054
+
+
+def t_quantile_975(df: int) -> float:
+    """t_{0.975, df}, the factor of a two-sided 95% t-interval; `df >= 1`.
+
+    The table above for df <= 30; beyond, the Cornish-Fisher expansion around
+    the normal quantile z (error < 1e-4 for df > 30).
+
+    >>> t_quantile_975(2), round(t_quantile_975(100), 3)
+    (4.3027, 1.984)
+    """
+    if df < 1:
+        raise ValueError(f"df must be >= 1, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = _Z975
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def seed_stats(values: Sequence[float] | np.ndarray) -> dict:
+    """`{"mean", "std", "ci95", "n", "values"}` of one value per training seed.
+
+    `std` is the *sample* standard deviation (ddof=1), `ci95` the half-width
+    of the 95% t-interval of the mean, t_{0.975, n-1} * std / sqrt(n). Both
+    are None for n = 1 (a spread is undefined from one run: it is not 0).
+
+    >>> out = seed_stats([0.8, 0.9, 1.0])
+    >>> out["mean"], out["std"], out["ci95"], out["n"]  # 4.3027 * 0.1 / sqrt(3)
+    (0.9, 0.1, 0.2484, 3)
+    """
+    arr = _values_1d(values)
+    n = int(arr.size)
+    std = float(arr.std(ddof=1)) if n > 1 else None
+    ci95 = t_quantile_975(n - 1) * std / np.sqrt(n) if std is not None else None
+    return {
+        "mean": float(arr.mean()),
+        "std": std,
+        "ci95": None if ci95 is None else float(ci95),
+        "n": n,
+        "values": [float(v) for v in arr],
+    }
+
+
+def rate_auc(rates: Sequence[float], values: Sequence[float]) -> float:
+    """Area under a metric-vs-missing-rate curve divided by the rate span.
+
+    Trapezoid rule over the rates given (sorted here), so the result is a mean
+    of the metric over [min rate, max rate]: on the scale of the metric
+    itself, and comparable between runs only over the same rates. Needs two
+    distinct rates or more.
+
+    >>> rate_auc([0.0, 0.5, 1.0], [0.9, 0.7, 0.3])  # (0.8 * 0.5 + 0.5 * 0.5) / 1
+    0.65
+    """
+    r_K, v_K = np.asarray(rates, np.float64), np.asarray(values, np.float64)
+    if r_K.shape != v_K.shape or r_K.ndim != 1:
+        raise ValueError(f"rates shape {r_K.shape} != values shape {v_K.shape}")
+    order = np.argsort(r_K)
+    r_K, v_K = r_K[order], v_K[order]
+    span = r_K[-1] - r_K[0] if r_K.size else 0.0
+    if span <= 0:
+        raise ValueError(f"rate_auc needs two distinct rates or more, got {r_K.tolist()}")
+    return float(np.trapezoid(v_K, r_K) / span)

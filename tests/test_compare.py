@@ -52,7 +52,7 @@ def test_runs_are_reused_only_when_their_config_matches(tmp_path, capsys):
     runs = compare.compare(_args(workdir))
     assert set(runs) == {"robult", "robult_fused"}
     name = compare.comparison_name(_args(workdir))
-    for ext in ("md", "json", "png"):
+    for ext in ("md", "json", "csv", "tex", "png", "pdf"):
         assert (workdir / f"{name}.{ext}").exists()
     assert "[compare]" in capsys.readouterr().out
     compare.compare(_args(workdir))  # the same comparison again: nothing trains
@@ -64,5 +64,5 @@ def test_runs_are_reused_only_when_their_config_matches(tmp_path, capsys):
     tables = sorted(p.name for p in workdir.iterdir() if p.suffix == ".md")
     assert len(tables) == 2  # the first table was not overwritten
     saved = json.loads((workdir / f"{name}.json").read_text())
-    assert saved["robult"][0]["label_rate"] == 0.25
+    assert saved["runs"]["robult"][0]["label_rate"] == 0.25
     assert sorted(os.listdir(tmp_path)) == ["cmp"]  # nothing written elsewhere

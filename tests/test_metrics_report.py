@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from robult_jax import metrics, report, tasks
+from robult_jax import figures, metrics, report, tasks
 
 # ---------------------------------------------------------------- metrics
 
@@ -185,7 +185,7 @@ def test_write_results_aggregated_and_warns_on_other_run(tmp_path, caplog):
     agg = report.aggregate_runs([_run(0.8, 0.6, 0), _run(1.0, 0.8, 1)])
     report.write_results(tmp_path, agg)
     md = open(tmp_path / "results.md").read()
-    assert "| subset acc+gyro | 0.900 +/- 0.100 |" in md
+    assert "| subset acc+gyro | 0.900 +/- 0.141 |" in md  # sample std of 0.8, 1.0: 0.1 * sqrt(2)
     assert open(tmp_path / "results.png", "rb").read(4) == b"\x89PNG"
     with caplog.at_level(logging.WARNING):
         report.write_results(tmp_path, _run(0.5, 0.5, seed=9))
@@ -201,14 +201,16 @@ def test_aggregate_runs():
     agg = report.aggregate_runs([_run(0.8, 0.5, 0), _run(0.9, 0.6, 1), _run(1.0, 0.7, 2)])
     cell = agg["subsets"]["acc+gyro"]["accuracy"]
     assert math.isclose(cell["mean"], 0.9)
-    assert math.isclose(cell["std"], math.sqrt(0.02 / 3))
+    assert math.isclose(cell["std"], 0.1)  # sample std, ddof=1: sqrt(0.02 / 2)
+    assert math.isclose(cell["ci95"], 4.3027 * 0.1 / math.sqrt(3)) and cell["n"] == 3
     np.testing.assert_allclose(cell["values"], [0.8, 0.9, 1.0])
     assert math.isclose(agg["random_missing"]["0.5"]["accuracy"]["mean"], 0.6)
     assert agg["seed"] == [0, 1, 2]  # differing provenance -> per-run list
-    assert agg["dataset"] == "toy" and agg["num_runs"] == 3
+    assert agg["dataset"] == "toy" and agg["num_runs"] == 3 and "ddof=1" in agg["spread"]
     # Aggregating aggregates pools the per-seed values.
     again = report.aggregate_runs([agg, _run(0.6, 0.5, 3)])
     assert again["subsets"]["acc+gyro"]["accuracy"]["values"] == pytest.approx([0.8, 0.9, 1, 0.6])
+    assert again["num_runs"] == 4
 
 
 def test_aggregate_runs_mismatched_conditions():
@@ -226,18 +228,22 @@ def test_comparison_table():
     table = report.comparison_table(runs, rates=(0.0, 0.5, 0.9))
     lines = table.splitlines()
     assert lines[0] == "| accuracy | robult | supervised |"
-    assert "| subset acc | 0.700 +/- 0.082 | 0.300 +/- 0.000 |" in lines
-    assert "| subset acc+gyro | 0.900 +/- 0.082 | 0.500 +/- 0.000 |" in lines
-    assert "| missing rate 0.5 | 0.600 +/- 0.082 | 0.250 +/- 0.000 |" in lines
+    # Sample std (ddof=1) over the 3 seeds; one run has no spread: "(n=1)".
+    assert "| subset acc | 0.700 +/- 0.100 | 0.300 (n=1) |" in lines
+    assert "| subset acc+gyro | 0.900 +/- 0.100 | 0.500 (n=1) |" in lines
+    assert "| missing rate 0.5 | 0.600 +/- 0.100 | 0.250 (n=1) |" in lines
     assert "| missing rate 0.9 | n/a | n/a |" in lines
+    # Robustness: mean of the rates 0 and 0.5, and its ratio to supervised's (0.375).
+    assert "| AUC missing rate 0-0.5 | 0.750 +/- 0.100 | 0.375 (n=1) |" in lines
+    assert "| AUC ratio to supervised | 2.000 | 1.000 |" in lines
     f1 = report.comparison_table(runs, metric="macro_f1", rates=(0.5,))
-    assert "| missing rate 0.5 | 0.600 +/- 0.000 | 0.600 +/- 0.000 |" in f1
+    assert "| missing rate 0.5 | 0.600 +/- 0.000 | 0.600 (n=1) |" in f1
 
 
 def test_plot_comparison(tmp_path):
     runs = {"a": [_run(0.8, 0.5, 0), _run(0.9, 0.6, 1)], "b": [_run(0.6, 0.4, 0)]}
     path = tmp_path / "sub" / "cmp.png"
-    report.plot_comparison(path, runs)
+    figures.plot_comparison(path, runs)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -258,3 +264,16 @@ def test_git_commit(tmp_path):
     assert report.git_commit(tmp_path) == head
     (tmp_path / "f.txt").write_text("b")
     assert report.git_commit(tmp_path) == head + "+dirty"
+
+
+def test_report_command_rewrites_a_runs_tables_from_its_results_json(tmp_path, capsys):
+    results = _run(0.9, 0.7, seed=0)
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    report.run(["robult-jax report", str(tmp_path)])
+    for ext in ("md", "csv", "tex", "png", "pdf"):
+        assert (tmp_path / f"results.{ext}").stat().st_size > 0, ext
+    assert "results.tex" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        report.run(["robult-jax report", str(tmp_path / "nothing")])
+    assert exit_info.value.code == 2
+    assert "nothing/results.json" in capsys.readouterr().err
