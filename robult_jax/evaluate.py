@@ -33,7 +33,7 @@ from robult_jax.data import sampler
 from robult_jax.data.types import Split
 from robult_jax.tasks import Task
 
-PredictFn = Callable[[Any, dict, jax.Array], jax.Array]
+PredictFn = Callable[[Any, dict, jax.Array], Any]  # logits_BxC, or a dict with embeddings
 # Messages already logged: validation runs every train.eval_every steps on the same
 # split, and its exclusions would otherwise repeat the same line at every one.
 _LOGGED: set[str] = set()
@@ -66,17 +66,26 @@ def _report_excluded(
         logging.warning(line)
 
 
-def make_predict_fn(model: nn.Module, mesh: jax.sharding.Mesh) -> PredictFn:
+# The embeddings `make_predict_fn(..., embeddings=True)` adds: output name -> model key.
+EMBEDDINGS = {"s": "s_BxP", "z": "z_BxMxP", "u": "u_BxMxU"}
+
+
+def make_predict_fn(model: nn.Module, mesh: jax.sharding.Mesh, *, embeddings: bool = False):
     """`predict(params, inputs, mask_BxM) -> logits_BxC`, jitted once per batch shape.
 
-    The logits come back replicated on every device of `mesh`: the batch is
+    With `embeddings=True` it returns {"logits": ..., "s": (B, P), "z": (B, M, P),
+    "u": (B, M, U)} instead (s the fused embedding, z_i and u_i the shared and
+    unique parts of each modality; zeros for an absent modality).
+    The outputs come back replicated on every device of `mesh`: the batch is
     sharded across processes in multi-host runs, and each process needs every
     row to compute metrics (a process can only read its own devices' arrays).
     """
 
-    def predict(params, inputs: dict, mask_BxM: jax.Array) -> jax.Array:
+    def predict(params, inputs: dict, mask_BxM: jax.Array):
         out = model.apply({"params": params}, inputs, mask_BxM, train=False)
-        return out["logits_BxC"]
+        if not embeddings:
+            return out["logits_BxC"]
+        return {"logits": out["logits_BxC"], **{k: out[v] for k, v in EMBEDDINGS.items()}}
 
     return jax.jit(predict, out_shardings=parallel.replicated(mesh))
 
@@ -90,7 +99,7 @@ def predict_split(
     batch_size: int,
     mesh: jax.sharding.Mesh,
 ) -> np.ndarray:
-    """Logits for every row of `split` under `mask_NxM` (ANDed with the data's own mask).
+    """`predict`'s outputs for every row of `split` under `mask_NxM` (ANDed with its own mask).
 
     The last batch is padded to `batch_size` (`sampler.iterate_eval_batches`), so
     evaluation compiles exactly once; absent modalities get zero inputs.
@@ -98,9 +107,9 @@ def predict_split(
     outputs = []
     for batch in sampler.iterate_eval_batches(split, batch_size, mask=mask_NxM):
         sharded = parallel.shard_batch({"inputs": batch["inputs"], "mask": batch["mask"]}, mesh)
-        logits = predict(params, sharded["inputs"], sharded["mask"])
-        outputs.append(np.asarray(jax.device_get(logits))[batch["valid"]])
-    return np.concatenate(outputs, 0)
+        out = jax.device_get(predict(params, sharded["inputs"], sharded["mask"]))
+        outputs.append(jax.tree.map(lambda x, v=batch["valid"]: np.asarray(x)[v], out))
+    return jax.tree.map(lambda *xs: np.concatenate(xs, 0), *outputs)
 
 
 def validation_score(results_by_subset: dict[str, dict], task: Task) -> float:

@@ -5,12 +5,14 @@ figure, `model.architecture = "paper"`) or `FusedRobult` (this project's first
 reconstruction, `"fused"`). Both are called as
 `model.apply({"params": p}, inputs, mask_BxM, train=...)` and return one dict
 with the same keys (`logits_BxC`, `fused_logits_BxC`, `fused_valid_B`, `s_BxP`,
-`z_BxMxP`, `h_BxMxD`, `h0_BxD`, `h_hat_BxMxD`; "paper" adds `uni_logits_BxMxC`;
+`z_BxMxP`, `u_BxMxU`, `h_BxMxD`, `h0_BxD`, `h_hat_BxMxD`; "paper" adds
+`uni_logits_BxMxC`;
 what each holds: docs/interfaces.md), so that the objective never asks which
 architecture it has.
 
 Shape legend: B batch, M modalities, D latent width, K unique width (fused),
-P projection width (paper: P = D), C classes (outputs).
+P projection width (paper: P = D), U width of the unique u_i (paper: D, fused:
+K), C classes (outputs).
 
 Absent modalities: their inputs are replaced by zeros before any encoder and
 their h_i, z_i, u_i by zeros after, so no output depends on what an absent
@@ -180,6 +182,7 @@ class PaperRobult(_Base):
             "uni_logits_BxMxC": uni_logits_BxMxC,
             "s_BxP": l2_normalize(s_BxD),
             "z_BxMxP": l2_normalize(z_BxMxD),
+            "u_BxMxU": u_BxMxD,
             "h_BxMxD": h_BxMxD,
             "h0_BxD": h0_BxD,
             "h_hat_BxMxD": uz_BxMxD,
@@ -235,6 +238,7 @@ class FusedRobult(_Base):
             "fused_valid_B": jnp.ones(mask_BxM.shape[:1], bool),
             "s_BxP": s_BxP,
             "z_BxMxP": z_BxMxP,
+            "u_BxMxU": u_BxMxK,
             "h_BxMxD": h_BxMxD,
             "h0_BxD": h0_BxD,
             "h_hat_BxMxD": jnp.stack(h_hat_list, axis=1),

@@ -42,6 +42,7 @@ class Trained:
     input_stats: dict[str, dict[str, np.ndarray]] | None  # from input_stats.npz
     mesh: jax.sharding.Mesh
     predict_fn: evaluate.PredictFn  # jitted once, reused by every predict_arrays call
+    embed_fn: evaluate.PredictFn  # the same, with the embeddings s, z_i, u_i
 
 
 def _train_hint(workdir: str) -> str:
@@ -131,6 +132,7 @@ def load_trained(workdir: str) -> Trained:
         input_stats=_read_stats(os.path.join(workdir, "input_stats.npz")),
         mesh=mesh,
         predict_fn=evaluate.make_predict_fn(model, mesh),
+        embed_fn=evaluate.make_predict_fn(model, mesh, embeddings=True),
     )
 
 
@@ -181,8 +183,13 @@ def predict_arrays(
     mask: np.ndarray | None = None,
     *,
     where: Callable[[str], str] | None = None,
+    embeddings: bool = False,
 ) -> dict[str, np.ndarray]:
     """The output arrays of docs/own_data.md section 4 for raw `inputs` {modality: (N, *shape)}.
+
+    `embeddings=True` adds "s" (N, P), the fused embedding (paper: only where
+    every modality is present), and "z" (N, M, P) / "u" (N, M, U), the shared
+    and unique parts of each modality (zeros where it is absent).
 
     A modality is missing for a sample where its array holds NaN or `mask`
     ((N, M) bool, columns in `trained.spec.modality_names` order) is False; an
@@ -240,9 +247,12 @@ def predict_arrays(
     mesh = trained.mesh
     ndev = mesh.devices.size
     batch_size = -(-trained.config.eval.batch_size // ndev) * ndev  # a multiple of the devices
-    logits = evaluate.predict_split(
-        trained.predict_fn, trained.params, split, present_NxM, batch_size=batch_size, mesh=mesh
-    ).astype(np.float32)
+    fn = trained.embed_fn if embeddings else trained.predict_fn
+    out = evaluate.predict_split(
+        fn, trained.params, split, present_NxM, batch_size=batch_size, mesh=mesh
+    )
+    extra = {k: np.asarray(out[k], np.float32) for k in evaluate.EMBEDDINGS} if embeddings else {}
+    logits = np.asarray(out["logits"] if embeddings else out, np.float32)
     probs, preds = tasks.get(spec.task).outputs(logits)
     class_names = spec.class_names
     if not class_names and spec.task != "regression":
@@ -254,10 +264,13 @@ def predict_arrays(
         "mask": present_NxM,
         "modality_names": np.array(names),
         "class_names": np.array(class_names, dtype=str),
+        **extra,
     }
 
 
-def predict_file(trained: Trained, path: str, *, mask_key: str = "mask") -> dict[str, np.ndarray]:
+def predict_file(
+    trained: Trained, path: str, *, mask_key: str = "mask", embeddings: bool = False
+) -> dict[str, np.ndarray]:
     """`predict_arrays` on a .npz file or a directory of .npy files."""
     with arrays.ArrayFile(path) as f:
         inputs = {k: f.get(k, "a model modality") for k in trained.spec.modality_names if k in f}
@@ -268,7 +281,7 @@ def predict_file(trained: Trained, path: str, *, mask_key: str = "mask") -> dict
                 f"({', '.join(trained.spec.modality_names)}); arrays present: "
                 f"{', '.join(f.names) or 'none'}."
             )
-        return predict_arrays(trained, inputs, mask, where=f.where)
+        return predict_arrays(trained, inputs, mask, where=f.where, embeddings=embeddings)
 
 
 def write_predictions(path: str, result: dict[str, np.ndarray]) -> None:
@@ -282,6 +295,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a finished training 
 _INPUT = flags.DEFINE_string("input", None, "A .npz file (or directory of .npy) of raw inputs.")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the predictions (.npz).")
 _MASK_KEY = flags.DEFINE_string("mask_key", "mask", "Name of the optional (N, M) mask array.")
+_EMBEDDINGS = flags.DEFINE_bool(
+    "embeddings", False, "Also write the embeddings s (N, P), z (N, M, P) and u (N, M, U)."
+)
 
 
 def main(argv: list[str]) -> None:
@@ -292,7 +308,9 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every restore step at INFO
     try:
         trained = load_trained(_WORKDIR.value)
-        result = predict_file(trained, _INPUT.value, mask_key=_MASK_KEY.value)
+        result = predict_file(
+            trained, _INPUT.value, mask_key=_MASK_KEY.value, embeddings=_EMBEDDINGS.value
+        )
     except (ValueError, OSError) as e:
         # Expected user errors: one clear message, no traceback.
         print(f"error: {e}", file=sys.stderr)

@@ -120,6 +120,21 @@ def test_predictions_equal_trainer_evaluation_of_best_checkpoint(run):
     assert out["mask"].all() and list(out["modality_names"]) == ["a", "b"]
 
 
+def test_embeddings_come_with_the_predictions_and_are_zero_where_absent(run):
+    raw = _test_rows(run.data, "a", "b")
+    raw["b"][:3] = np.nan
+    plain = predict.predict_arrays(run.trained, raw)
+    out = predict.predict_arrays(run.trained, raw, embeddings=True)
+    np.testing.assert_array_equal(out["logits"], plain["logits"])
+    p = run.trained.config.model.embed_dim
+    chex.assert_shape(out["s"], (N_TEST, p))
+    chex.assert_shape(out["z"], (N_TEST, 2, p))
+    chex.assert_shape(out["u"], (N_TEST, 2, run.trained.config.model.latent_dim))
+    assert not out["z"][:3, 1].any() and not out["u"][:3, 1].any()
+    np.testing.assert_allclose(np.linalg.norm(out["z"][3:], axis=-1), 1.0, rtol=1e-5)
+    assert np.isfinite(out["s"]).all()
+
+
 def test_nan_or_mask_marks_a_modality_missing_per_sample(run):
     raw = _test_rows(run.data, "a", "b")
     raw["a"][0] = np.nan
