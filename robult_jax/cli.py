@@ -3,6 +3,7 @@
   robult-jax train   --config watch --workdir runs/watch     train, resume, evaluate
   robult-jax predict --workdir runs/watch --input new.npz --output preds.npz
   robult-jax compare --dataset watch --methods robult,supervised --workdir runs/cmp
+  robult-jax report runs/watch                                 tables and figures again
 
 `robult-jax <command> --help` lists a command's flags. Each command is the
 module of the same role (`robult_jax.main`, `robult_jax.predict`); only the
@@ -22,6 +23,7 @@ COMMANDS = {
     ),
     "predict": ("robult_jax.predict", "predict with a trained workdir on new .npz / .npy inputs"),
     "compare": ("robult_jax.compare", "compare methods over seeds, each run keyed by its config"),
+    "report": ("robult_jax.report", "rewrite a run's tables and figures from its results.json"),
 }
 
 

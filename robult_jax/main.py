@@ -41,9 +41,16 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:  # a bad value, an unknown flag, a missing --config
-        print(f"error: {e}", file=sys.stderr)
+        text = str(e)
+        if "Error whilst parsing config file" in text:
+            # ml_collections wraps the config file's own error in a traceback: its last line.
+            text = "--config: " + [line for line in text.splitlines() if line.strip()][-1]
+        print(f"error: {text}", file=sys.stderr)
         sys.exit(2)
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
+    except (TypeError, ValueError) as e:  # raised by the config file's get_config(arg)
+        print(f"error: --config: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (AttributeError, KeyError) as e:
         # ml_collections raises from inside the override; name the override that failed.
         key = str(e).strip("\"'")
         bad = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a]

@@ -153,3 +153,37 @@ def test_register_encoder_refuses_clashes():
         encoders.register_encoder("probe", lambda model, name: None)
     with pytest.raises(ValueError, match="rank"):
         encoders.check_encoder("probe", "m", (2, 3))
+
+
+def test_own_arrays_need_no_config_file(tmp_path):
+    """configs/arrays.py takes the file and the kinds its ranks leave open in the argument."""
+    import numpy as np
+
+    from robult_jax import config as config_lib
+    from robult_jax.configs import arrays
+
+    n = 12
+    np.savez(
+        tmp_path / "d.npz",
+        feat=np.zeros((n, 5)),
+        photo=np.zeros((n, 8, 8, 3)),
+        accel=np.zeros((n, 20, 3)),
+        labels=np.arange(n) % 2,
+        mask=np.ones((n, 3), bool),
+    )
+    path = str(tmp_path / "d.npz")
+    config = arrays.get_config(f"fused,path={path},accel=timeseries")
+    assert config.data.path == path and config.model.architecture == "fused"
+    assert config.data.modalities.to_dict() == {
+        "feat": "vector", "photo": "image", "accel": "timeseries",
+    }  # fmt: skip
+    config_lib.from_config_dict(config)  # a valid config
+    with pytest.raises(ValueError, match="add accel=timeseries, accel=image or accel=sequence"):
+        arrays.get_config(f"path={path}")
+    with pytest.raises(ValueError, match="no array 'acel'"):
+        arrays.get_config(f"path={path},accel=timeseries,acel=image")
+    with pytest.raises(ValueError, match="kind 'movie' of array 'accel'"):
+        arrays.get_config(f"path={path},accel=movie")
+    out = _run("train", "--config", f"arrays:path={path}", "--workdir", "w", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "error: --config: ValueError:" in out.stderr and "accel=timeseries" in out.stderr
