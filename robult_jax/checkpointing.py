@@ -63,12 +63,13 @@ RESUMABLE_FIELDS = (
 )
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (tuples as lists, as in config.json)."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = list(v) if isinstance(v, tuple) else v
     return out
@@ -84,8 +85,8 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> Non
     if not os.path.exists(path):
         return
     with open(path) as f:
-        saved = _flatten(json.load(f))
-    current = _flatten(config_to_dict(config))
+        saved = flatten(json.load(f))
+    current = flatten(config_to_dict(config))
     diffs = [
         f"  {k}: saved {saved.get(k)!r}, now {current.get(k)!r}"
         for k in sorted(set(saved) | set(current))

@@ -21,7 +21,7 @@ import time
 import jax
 from absl import logging
 
-from robult_jax import files
+from robult_jax import checkpointing, files
 
 # tensorboardX writes events from a background thread and flushes them to disk
 # every `_FLUSH_SECS`: a live TensorBoard lags by at most that, and a killed run
@@ -86,7 +86,7 @@ class MetricWriter:
             return
         from tensorboardX.summary import hparams
 
-        flat = {k: _hparam_value(v) for k, v in _flatten(config_dict).items()}
+        flat = {k: _hparam_value(v) for k, v in checkpointing.flatten(config_dict).items()}
         rows = "".join(f"| `{k}` | {str(v).replace('|', '&#124;')} |\n" for k, v in flat.items())
         self._tb.add_text("config", "| field | value |\n|---|---|\n" + rows, 0)
         # Session start info alone: TensorBoard lists this run under HPARAMS with
@@ -123,17 +123,6 @@ def _summary_writer(logdir: str, resume_step: int):
         flush_secs=_FLUSH_SECS,
         filename_suffix=f".{time.time_ns()}",
     )
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def _hparam_value(value):
