@@ -24,6 +24,7 @@ COMMANDS = {
     "predict": ("robult_jax.predict", "predict with a trained workdir on new .npz / .npy inputs"),
     "compare": ("robult_jax.compare", "compare methods over seeds, each run keyed by its config"),
     "report": ("robult_jax.report", "rewrite a run's tables and figures from its results.json"),
+    "export": ("robult_jax.export", "write a run's best parameters alone (Flax msgpack)"),
 }
 
 

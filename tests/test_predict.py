@@ -12,6 +12,7 @@ import sys
 import types
 
 import chex
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -259,3 +260,23 @@ def test_cli_writes_predictions_and_rejects_bad_input(run, tmp_path):
     assert f"error: {tmp_path / 'bad.npz'}['b'] not found" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_export_writes_the_best_parameters_alone_and_reads_the_workdir_only(run, tmp_path):
+    from flax import serialization
+
+    from robult_jax import export
+
+    before = sorted(os.listdir(run.workdir))
+    out = str(tmp_path / "params.msgpack")
+    record = export.export_params(run.workdir, out)
+    assert sorted(os.listdir(run.workdir)) == before
+    with open(out, "rb") as f:
+        params = serialization.msgpack_restore(f.read())
+    chex.assert_trees_all_equal(params, jax.device_get(run.trained.params))
+    assert record["best_step"] == run.trained.best_step
+    with open(out + ".json") as f:
+        saved = json.load(f)
+    assert saved["num_parameters"] == sum(x.size for x in jax.tree.leaves(params))
+    assert saved["dataset_spec"]["name"] == run.trained.spec.name
+    assert "opt_state" not in params
