@@ -95,8 +95,17 @@ def main(argv: list[str]) -> None:
     print(f"Results, metrics and checkpoints are in {_WORKDIR.value}/")
 
 
+def accept_jax_flags() -> None:
+    """JAX's own options as flags (`--jax_platforms=cpu`, `--jax_enable_x64`, ...), once."""
+    import jax
+
+    if not getattr(jax.config, "use_absl", False):
+        jax.config.config_with_absl()
+
+
 def run(argv: list[str] | None = None) -> None:
     """The command line (`argv` as sys.argv: program name first)."""
+    accept_jax_flags()
     app.run(main, argv=argv, flags_parser=parse_flags)
 
 

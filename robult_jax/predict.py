@@ -331,6 +331,8 @@ def main(argv: list[str]) -> None:
 def run(argv: list[str] | None = None) -> None:
     """The command line (`argv` as sys.argv: program name first)."""
     flags.mark_flags_as_required(["workdir", "input", "output"])
+    if not getattr(jax.config, "use_absl", False):  # --jax_platforms=cpu etc., as for train
+        jax.config.config_with_absl()
     app.run(main, argv=argv)
 
 

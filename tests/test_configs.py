@@ -196,3 +196,13 @@ def test_cli_trains_and_evaluates_end_to_end(tmp_path):
     assert "a+b" in out.stdout
     results = json.loads((tmp_path / "w" / "results.json").read_text())
     assert (results["architecture"], results["method"]) == ("fused", "robult_fused")
+
+
+def test_cli_accepts_jax_flags(tmp_path):
+    out = _cli(
+        "--config", "configs/synthetic.py", "--workdir", str(tmp_path / "w"),
+        "--jax_platforms=cpu", "--config.sampling.label_rate=1.5", cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr[-1000:]
+    assert "Unknown command line flag" not in out.stderr
+    assert "error: sampling.label_rate=1.5 is outside (0, 1]" in out.stderr
