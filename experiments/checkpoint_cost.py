@@ -10,7 +10,6 @@ in a new `Checkpointer`. Prints one JSON line. A figure, not a test.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from robult_jax import checkpointing, train  # noqa: E402
+from robult_jax import checkpointing, configs, train  # noqa: E402
 
 
 def _timed(log: list[float], fn):
@@ -38,11 +37,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/watch.py")
     parser.add_argument("--workdir", default=None, help="default: a temporary directory")
     args = parser.parse_args()
-    path, *arg = args.config.split(":")
-    spec = importlib.util.spec_from_file_location("config_module", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(*arg)
+    config = configs.load(args.config)
     config.train.progress_bar = False
     workdir = args.workdir or tempfile.mkdtemp(prefix="checkpoint_cost_")
     shutil.rmtree(workdir, ignore_errors=True)

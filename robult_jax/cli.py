@@ -31,6 +31,14 @@ COMMANDS = {
 ABSL_COMMANDS = ("train", "predict")  # absl flags; the others parse with argparse
 
 
+def accept_jax_flags() -> None:
+    """JAX's own options as flags of the absl commands (`--jax_platforms=cpu`, ...), once."""
+    import jax
+
+    if not getattr(jax.config, "use_absl", False):
+        jax.config.config_with_absl()
+
+
 def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {what}" for name, (_, what) in COMMANDS.items()]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import ast
 import hashlib
-import importlib.util
 import json
 import os
 import sys
@@ -44,12 +43,7 @@ def load_config(dataset: str, method: str):
             f"no packaged config {name!r} for method {method!r} on {dataset!r}; packaged "
             f"configs: {', '.join(configs.names())}."
         )
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(configs.DIRECTORY, name + ".py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("fused" if fused else "paper")
+    config = configs.load(f"{name}:{'fused' if fused else 'paper'}")
     config.method = method
     return config
 

@@ -13,7 +13,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from robult_jax import checkpointing, configs, files, interrupts, train
+from robult_jax import checkpointing, cli, configs, files, interrupts, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -95,17 +95,9 @@ def main(argv: list[str]) -> None:
     print(f"Results, metrics and checkpoints are in {_WORKDIR.value}/")
 
 
-def accept_jax_flags() -> None:
-    """JAX's own options as flags (`--jax_platforms=cpu`, `--jax_enable_x64`, ...), once."""
-    import jax
-
-    if not getattr(jax.config, "use_absl", False):
-        jax.config.config_with_absl()
-
-
 def run(argv: list[str] | None = None) -> None:
     """The command line (`argv` as sys.argv: program name first)."""
-    accept_jax_flags()
+    cli.accept_jax_flags()
     app.run(main, argv=argv, flags_parser=parse_flags)
 
 

@@ -23,7 +23,17 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from robult_jax import checkpointing, evaluate, models, objective, parallel, report, tasks, train
+from robult_jax import (
+    checkpointing,
+    cli,
+    evaluate,
+    models,
+    objective,
+    parallel,
+    report,
+    tasks,
+    train,
+)
 from robult_jax import config as config_lib
 from robult_jax.data import arrays
 from robult_jax.data.types import DatasetSpec, ModalitySpec, Split
@@ -331,8 +341,7 @@ def main(argv: list[str]) -> None:
 def run(argv: list[str] | None = None) -> None:
     """The command line (`argv` as sys.argv: program name first)."""
     flags.mark_flags_as_required(["workdir", "input", "output"])
-    if not getattr(jax.config, "use_absl", False):  # --jax_platforms=cpu etc., as for train
-        jax.config.config_with_absl()
+    cli.accept_jax_flags()
     app.run(main, argv=argv)
 
 

@@ -23,13 +23,11 @@ left half-written).
 from __future__ import annotations
 
 import csv
-import importlib.metadata
 import io
 import json
 import logging
 import math
 import os
-import subprocess
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -609,42 +607,6 @@ def write_comparison(
         for ext in ("png", "pdf"):
             atomic_write(paths[prefix + ext], figures.figure_bytes(fig, ext))
     return paths
-
-
-# ------------------------------------------------------------- provenance
-
-
-def software_versions() -> dict[str, str]:
-    """Versions of robult_jax and of the libraries a result depends on ("unknown" if absent)."""
-    out = {}
-    for name in ("robult_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "unknown"  # e.g. robult_jax run from a clone, not installed
-    return out
-
-
-def git_commit(path: str | os.PathLike | None = None) -> str:
-    """Short HEAD hash of the repository holding `path` (default: this package).
-
-    Adds "+dirty" when tracked files have uncommitted changes (untracked files,
-    such as run outputs, do not count); "unknown" outside git or without git.
-    """
-    cwd = os.fspath(path) if path is not None else os.path.dirname(os.path.abspath(__file__))
-
-    def git(*args: str) -> str:
-        out = subprocess.run(["git", "-C", cwd, *args], capture_output=True, text=True, timeout=10)
-        if out.returncode != 0:
-            raise RuntimeError(out.stderr)
-        return out.stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, RuntimeError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -26,6 +26,7 @@ from robult_jax import (
     models,
     objective,
     parallel,
+    provenance,
     report,
     tasks,
 )
@@ -318,7 +319,7 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, *, pause_at_step
         cfg, config, dataset, task, predict, best["params"], eval_kw, eval_masks
     )
     results.update(
-        software=report.software_versions(),
+        software=provenance.software_versions(),
         devices={
             "platform": jax.devices()[0].platform,
             "kind": jax.devices()[0].device_kind,
@@ -376,7 +377,7 @@ def _final_evaluation(cfg, config, dataset, task, predict, params, eval_kw, mask
         "mask_seeds": list(seeds),
         "mask_hashes": hashes,
         "subset_mask_hash": masks_lib.mask_hash(masks_lib.all_subsets(len(spec.modalities))),
-        "commit": report.git_commit(),
+        "commit": provenance.git_commit(),
         "config": checkpointing.config_to_dict(config),
         "excluded_rows": {k: v for k, v in excluded.items() if v},
         "subsets": subsets,

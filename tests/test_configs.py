@@ -1,7 +1,6 @@
 """Every config file loads, validates, and is locked against typos on the command line."""
 
 import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ import ml_collections
 import pytest
 
 from robult_jax import config as config_lib
+from robult_jax import configs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(
@@ -20,10 +20,7 @@ CONFIGS = sorted(
 
 
 def _load(path, *args):
-    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(*args)
+    return configs.load(":".join([path, *args]))
 
 
 def test_there_are_configs():

@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from robult_jax import figures, metrics, report, tasks
+from robult_jax import figures, metrics, provenance, report, tasks
 
 # ---------------------------------------------------------------- metrics
 
@@ -248,7 +248,7 @@ def test_plot_comparison(tmp_path):
 
 
 def test_git_commit(tmp_path):
-    assert report.git_commit(tmp_path) == "unknown"
+    assert provenance.git_commit(tmp_path) == "unknown"
     if shutil.which("git") is None:
         pytest.skip("git not installed")
     git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
@@ -259,11 +259,11 @@ def test_git_commit(tmp_path):
     head = subprocess.run(
         [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
     ).stdout.strip()
-    assert report.git_commit(tmp_path) == head
+    assert provenance.git_commit(tmp_path) == head
     (tmp_path / "untracked.txt").write_text("u")  # run outputs do not make it dirty
-    assert report.git_commit(tmp_path) == head
+    assert provenance.git_commit(tmp_path) == head
     (tmp_path / "f.txt").write_text("b")
-    assert report.git_commit(tmp_path) == head + "+dirty"
+    assert provenance.git_commit(tmp_path) == head + "+dirty"
 
 
 def test_report_command_rewrites_a_runs_tables_from_its_results_json(tmp_path, capsys):

@@ -17,6 +17,7 @@ In a clone of the repository, `configs/` at the root is a link to this folder.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 DIRECTORY = os.path.dirname(os.path.abspath(__file__))
@@ -61,3 +62,15 @@ def resolve_config_flag(argv: list[str]) -> list[str]:
         out.append(arg)
         i += 1
     return out
+
+
+def load(value: str):
+    """The ConfigDict named by `--config`'s value (`resolve`): `get_config(arg)` of the file.
+
+    For the Python API and scripts; the CLI goes through ml_collections' flag.
+    """
+    path, sep, arg = resolve(value).partition(":")
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[: -len(".py")], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(*([arg] if sep else []))
