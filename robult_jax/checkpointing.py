@@ -58,6 +58,8 @@ RESUMABLE_FIELDS = (
     "train.keep_checkpoints",
     "train.progress_bar",
     "train.tensorboard",
+    "train.prefetch",
+    "parallel.",  # checkpoints move between device counts and step forms
     "data.data_dir",
     "eval.",
 )
@@ -79,13 +81,12 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+def check_workdir_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
     """Raises if `workdir` belongs to a run with a different experiment config."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = files.as_path(workdir) / "config.json"
+    if not path.exists():
         return
-    with open(path) as f:
-        saved = flatten(json.load(f))
+    saved = flatten(json.loads(path.read_text()))
     current = flatten(config_to_dict(config))
     diffs = [
         f"  {k}: saved {saved.get(k)!r}, now {current.get(k)!r}"
@@ -108,13 +109,12 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> Non
         )
 
 
-def check_workdir_data(workdir: str, record: dict) -> None:
+def check_workdir_data(workdir: str | os.PathLike, record: dict) -> None:
     """Raises if `workdir` was trained on other data (data.json: name, variant, fingerprint)."""
-    path = os.path.join(workdir, "data.json")
-    if not os.path.exists(path):
+    path = files.as_path(workdir) / "data.json"
+    if not path.exists():
         return
-    with open(path) as f:
-        saved = json.load(f)
+    saved = json.loads(path.read_text())
     keys = ("name", "variant", "fingerprint")
     diffs = [
         f"  {k}: saved {saved.get(k)!r}, now {record[k]!r}"
@@ -131,18 +131,18 @@ def check_workdir_data(workdir: str, record: dict) -> None:
         )
 
 
-def write_workdir_data(workdir: str, record: dict) -> None:
+def write_workdir_data(workdir: str | os.PathLike, record: dict) -> None:
     """Records which data the run uses (process 0); written atomically."""
     if jax.process_index() == 0:
         text = json.dumps(record, indent=2, sort_keys=True)
-        files.atomic_write(os.path.join(workdir, "data.json"), text.encode())
+        files.atomic_write(files.as_path(workdir) / "data.json", text.encode())
 
 
-def write_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+def write_workdir_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
     """Records the run's config (once, by process 0); written atomically."""
     if jax.process_index() == 0:
         text = json.dumps(config_to_dict(config), indent=2, sort_keys=True)
-        files.atomic_write(os.path.join(workdir, "config.json"), text.encode())
+        files.atomic_write(files.as_path(workdir) / "config.json", text.encode())
 
 
 class CorruptCheckpointError(ValueError):
@@ -220,14 +220,14 @@ class Checkpointer:
     reported but left where it is.
     """
 
-    def __init__(self, workdir: str, *, keep: int, read_only: bool = False):
-        self._workdir = os.path.abspath(workdir)
+    def __init__(self, workdir: str | os.PathLike, *, keep: int, read_only: bool = False):
+        self._workdir = files.absolute(workdir)  # an epath.Path: Orbax takes it as it is
         self._read_only = read_only
         _quiet_orphaned_io()
 
         def manager(name: str, **options) -> ocp.CheckpointManager:
             return ocp.CheckpointManager(
-                os.path.join(self._workdir, name),
+                self._workdir / name,
                 options=ocp.CheckpointManagerOptions(
                     create=not read_only,
                     enable_async_checkpointing=jax.process_count() == 1,
@@ -243,7 +243,7 @@ class Checkpointer:
         return self._best.best_step()
 
     def latest_path(self) -> str:
-        return os.path.join(self._workdir, "checkpoints", str(self._latest.latest_step()))
+        return os.fspath(self._workdir / "checkpoints" / str(self._latest.latest_step()))
 
     @staticmethod
     def _args(state: Any) -> ocp.args.Composite:
@@ -296,8 +296,8 @@ class Checkpointer:
     def _load(self, name: str, step: int, abstract: Any) -> Any:
         """The verified state of checkpoint `name/step`; CorruptCheckpointError otherwise."""
         manager = self._latest if name == "checkpoints" else self._best
-        where = os.path.join(self._workdir, name, str(step))
-        if os.path.isdir(os.path.join(where, "default")):
+        where = self._workdir / name / str(step)
+        if (where / "default").is_dir():
             raise ValueError(
                 f"{where} was written by an older robult_jax without a digest; train again "
                 "in a new --workdir (nothing was changed)."
@@ -324,16 +324,15 @@ class Checkpointer:
 
     def _set_aside(self, name: str, step: int) -> str:
         """Moves a corrupt checkpoint to <workdir>/corrupt/ (kept for inspection, not deleted)."""
-        src = os.path.join(self._workdir, name, str(step))
+        src = self._workdir / name / str(step)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        dest = os.path.join(self._workdir, "corrupt", f"{name}-{step}-{stamp}")
+        dest = self._workdir / "corrupt" / f"{name}-{step}-{stamp}"
         if jax.process_index() == 0:
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            os.replace(src, dest)
+            files.move(src, dest)
         multihost_utils.sync_global_devices(f"robult_jax set aside {name}/{step}")
         (self._latest if name == "checkpoints" else self._best).reload()
         self._best_known = None
-        return dest
+        return os.fspath(dest)
 
     def restore_latest(self, abstract_state: Any) -> Any | None:
         """The newest periodic checkpoint that passes its checks; a corrupt one is set
@@ -361,7 +360,7 @@ class Checkpointer:
             dest = self._set_aside("best", step)
             raise CorruptCheckpointError(
                 f"{e}; it was moved to {dest} and nothing was evaluated or written. To rebuild it "
-                f"exactly, delete {os.path.join(self._workdir, 'checkpoints')} and run the same "
+                f"exactly, delete {self._workdir / 'checkpoints'} and run the same "
                 "command again (training replays bit-identically), or train in a new --workdir."
             ) from None
 

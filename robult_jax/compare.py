@@ -94,8 +94,9 @@ def run_configs(args) -> dict[str, list]:
     return out
 
 
-def run_dir(workdir: str, config) -> str:
-    return os.path.join(workdir, "runs", config.method, f"seed{config.seed}-{config_key(config)}")
+def run_dir(workdir: str | os.PathLike, config) -> str:
+    name = f"seed{config.seed}-{config_key(config)}"
+    return os.fspath(files.as_path(workdir) / "runs" / config.method / name)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -133,12 +134,11 @@ def compare(args) -> dict[str, list[dict]]:
         runs[method] = []
         for config in method_configs:
             directory = run_dir(args.workdir, config)
-            path = os.path.join(directory, "results.json")
-            if not os.path.exists(path):
+            path = files.as_path(directory) / "results.json"
+            if not path.exists():
                 print(f"[compare] {method} seed={config.seed} -> {directory}", flush=True)
                 train.train_and_evaluate(config, directory)
-            with open(path) as f:
-                runs[method].append(json.load(f))
+            runs[method].append(files.read_json(path))
     _write(args, runs)
     return runs
 
@@ -158,8 +158,7 @@ def _write(args, runs: dict[str, list[dict]]) -> None:
     paths = report.write_comparison(
         args.workdir, runs, name=comparison_name(args), rates=args.rates, notes=notes
     )
-    with open(paths["md"]) as f:
-        print(f.read())
+    print(files.as_path(paths["md"]).read_text())
     print("Written: " + ", ".join(sorted(paths.values())))
 
 

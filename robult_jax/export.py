@@ -4,9 +4,10 @@
 
 Writes the best checkpoint's parameters as Flax msgpack
 (`flax.serialization.to_bytes`), plus `<output>.json` with what is needed to
-use them: the config, the dataset spec and the best step. Read back with
+use them: the config, the dataset spec and the best step. `--output` may be
+a `gs://` path. Read back with (`from etils import epath`, local or `gs://`)
 
-    params = flax.serialization.msgpack_restore(open(path, "rb").read())
+    params = flax.serialization.msgpack_restore(epath.Path(path).read_bytes())
     model = robult_jax.models.build_model(config.model, spec)
     model.apply({"params": params}, inputs, mask_BxM, train=False)
 
@@ -27,16 +28,15 @@ from flax import serialization
 from robult_jax import checkpointing, files
 
 
-def export_params(workdir: str, output: str) -> dict:
+def export_params(workdir: str | os.PathLike, output: str | os.PathLike) -> dict:
     """Writes `output` (msgpack params) and `output + ".json"`; returns the JSON record."""
     from robult_jax import predict  # the trainer's stack: only when exporting
 
     trained = predict.load_trained(workdir)
     params = jax.device_get(trained.params)
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = json.load(f)
+    config = files.read_json(files.as_path(workdir) / "config.json")
     record = {
-        "workdir": os.path.abspath(workdir),
+        "workdir": os.fspath(files.absolute(workdir)),
         "best_step": trained.best_step,
         "num_parameters": int(sum(x.size for x in jax.tree.leaves(params))),
         "dataset_spec": dataclasses.asdict(trained.spec),
@@ -44,7 +44,7 @@ def export_params(workdir: str, output: str) -> dict:
         "params_sha256": checkpointing.state_digest(params),
     }
     files.atomic_write(output, serialization.to_bytes(params))
-    files.atomic_write(output + ".json", json.dumps(record, indent=2).encode())
+    files.atomic_write(os.fspath(output) + ".json", json.dumps(record, indent=2).encode())
     return record
 
 

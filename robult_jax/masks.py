@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from robult_jax import files
 from robult_jax.files import atomic_write
 
 # Why a cap: 2**M - 1 subsets are evaluated one by one; beyond this the
@@ -160,7 +161,8 @@ def load_masks(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str
     mask no longer matches the hash recorded when it was saved.
     """
     try:
-        with np.load(path, allow_pickle=False) as data:
+        raw = io.BytesIO(files.as_path(path).read_bytes())
+        with np.load(raw, allow_pickle=False) as data:
             header = json.loads(str(data[_META_KEY][()]))
             masks = {}
             for entry in header["masks"]:

@@ -9,6 +9,12 @@ event files in `<workdir>/tensorboard/` are a view of the same rows for
 `tensorboard --logdir runs/`, written with tensorboardX because it needs
 neither TensorFlow nor PyTorch; without it installed the run warns once and
 writes JSON lines only.
+
+Remote workdirs (`gs://...`): metrics.jsonl is rewritten whole at each row
+(object stores cannot append; `files.Appender`). TensorBoard files go through
+tensorboardX's own writers, which know `gs://` (with `google-cloud-storage`
+installed) and `s3://` (with `boto3`); for any other remote scheme, or without
+that library, the run warns once and writes metrics.jsonl only.
 """
 
 import json
@@ -44,33 +50,37 @@ class MetricWriter:
     events at and after that step that earlier files hold.
     """
 
-    def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = False):
-        self.path = os.path.join(workdir, "metrics.jsonl")
+    def __init__(self, workdir: str | os.PathLike, resume_step: int = 0, tensorboard: bool = False):
+        path = files.as_path(workdir) / "metrics.jsonl"
+        self.path = os.fspath(path)
         self._main = jax.process_index() == 0
         self._tb = None
         self._hparams_written = False
-        if self._main and os.path.exists(self.path):
-            with open(self.path, "rb") as f:
-                lines = f.read().splitlines()
-            kept = [line for line in lines if _step_of(line) <= resume_step]
-            if len(kept) != len(lines):
-                files.atomic_write(self.path, b"".join(line + b"\n" for line in kept))
+        self._out: files.Appender | None = None
+        if self._main:
+            kept = b""
+            if path.exists():
+                lines = path.read_bytes().splitlines()
+                rows = [line for line in lines if _step_of(line) <= resume_step]
+                kept = b"".join(line + b"\n" for line in rows)
+                if len(rows) != len(lines):
+                    files.atomic_write(path, kept)
+            self._out = files.Appender(path, initial=kept)
         if self._main and tensorboard:
-            logdir = os.path.join(workdir, "tensorboard")
+            logdir = files.as_path(workdir) / "tensorboard"
             # An earlier attempt on this workdir already recorded the hyper-parameters
             # (steps <= resume_step are never purged, and write_hparams writes at 0).
-            self._hparams_written = os.path.isdir(logdir) and any(
-                name.startswith("events.out.tfevents") for name in os.listdir(logdir)
+            self._hparams_written = logdir.is_dir() and any(
+                p.name.startswith("events.out.tfevents") for p in logdir.iterdir()
             )
-            self._tb = _summary_writer(logdir, resume_step)
+            self._tb = _summary_writer(os.fspath(logdir), resume_step)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self._main:
             return
         record = {"step": int(step), "time": round(time.time(), 3)}
         record.update({k: _to_json(v) for k, v in metrics.items()})
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self._out.append((json.dumps(record) + "\n").encode())
         if self._tb is not None:
             for key, value in metrics.items():
                 self._tb.add_scalar(key, float(value), int(step), walltime=record["time"])
@@ -103,13 +113,20 @@ class MetricWriter:
 
 
 def _summary_writer(logdir: str, resume_step: int):
-    """A tensorboardX SummaryWriter on `logdir`, or None (and a warning) without tensorboardX."""
+    """A tensorboardX SummaryWriter on `logdir`, or None (and a warning) where it cannot write."""
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
         logging.warning(
             "train.tensorboard is on but tensorboardX is not installed (`pip install "
             "tensorboardX`): writing metrics.jsonl only."
+        )
+        return None
+    why_not = _remote_tensorboard_unsupported(logdir)
+    if why_not:
+        logging.warning(
+            "train.tensorboard is on but %s: writing metrics.jsonl only (it holds the same rows).",
+            why_not,
         )
         return None
     # purge_step: TensorBoard discards the earlier files' events at steps >= it,
@@ -123,6 +140,27 @@ def _summary_writer(logdir: str, resume_step: int):
         flush_secs=_FLUSH_SECS,
         filename_suffix=f".{time.time_ns()}",
     )
+
+
+def _remote_tensorboard_unsupported(logdir: str) -> str | None:
+    """Why tensorboardX cannot write event files under a remote `logdir` (None: it can).
+
+    tensorboardX writes local paths with `open`, and `gs://` / `s3://` with its
+    own record writers, which need google-cloud-storage / boto3; it has no other
+    remote scheme (an unknown one would become a local directory named "xx:").
+    """
+    if files.is_local(logdir):
+        return None
+    from tensorboardX import record_writer
+
+    scheme = logdir.split("://", 1)[0]
+    needs = {"gs": ("GCS_ENABLED", "google-cloud-storage"), "s3": ("S3_ENABLED", "boto3")}
+    if scheme not in needs:
+        return f"tensorboardX cannot write to {scheme}:// paths"
+    flag, package = needs[scheme]
+    if not getattr(record_writer, flag, False):
+        return f"tensorboardX needs `pip install {package}` to write to {scheme}:// paths"
+    return None
 
 
 def _hparam_value(value):

@@ -22,15 +22,16 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 
 from robult_jax import (
     checkpointing,
     cli,
     evaluate,
+    files,
     models,
     objective,
     parallel,
-    report,
     tasks,
     train,
 )
@@ -62,45 +63,44 @@ def _train_hint(workdir: str) -> str:
     )
 
 
-def _read_spec(path: str) -> DatasetSpec:
+def _read_spec(path: epath.Path) -> DatasetSpec:
     """The inverse of `dataclasses.asdict` in `train.write_dataset_artifacts`."""
-    with open(path) as f:
-        d = json.load(f)
+    d = json.loads(path.read_text())
     return DatasetSpec(**{**d, "modalities": [ModalitySpec(**m) for m in d["modalities"]]})
 
 
-def _read_stats(path: str) -> dict[str, dict[str, np.ndarray]] | None:
-    if not os.path.exists(path):
+def _read_stats(path: epath.Path) -> dict[str, dict[str, np.ndarray]] | None:
+    if not path.exists():
         return None  # the loader normalised nothing
     stats: dict[str, dict[str, np.ndarray]] = {}
-    with np.load(path, allow_pickle=False) as f:
+    with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as f:
         for key in f.files:
             name, stat = key.rsplit("/", 1)
             stats.setdefault(name, {})[stat] = f[key]
     return stats
 
 
-def load_trained(workdir: str) -> Trained:
+def load_trained(workdir: str | os.PathLike) -> Trained:
     """Restores the best checkpoint of `workdir` with the config and spec it was trained on."""
     workdir = os.fspath(workdir)
-    if not os.path.isfile(os.path.join(workdir, "config.json")):
+    root = files.as_path(workdir)
+    if not (root / "config.json").is_file():
         raise FileNotFoundError(
             f"{workdir} holds no training run (no config.json); " + _train_hint(workdir)
         )
-    spec_path = os.path.join(workdir, "dataset_spec.json")
-    if not os.path.isfile(spec_path):
+    spec_path = root / "dataset_spec.json"
+    if not spec_path.is_file():
         raise FileNotFoundError(
             f"{spec_path} not found: the run predates it. Run its training command again with "
             f"the same --workdir (it resumes and writes the file)."
         )
-    best_dir = os.path.join(workdir, "best")
-    if not (os.path.isdir(best_dir) and any(s.isdigit() for s in os.listdir(best_dir))):
+    best_dir = root / "best"
+    if not (best_dir.is_dir() and any(p.name.isdigit() for p in best_dir.iterdir())):
         raise FileNotFoundError(
             f"{workdir} has no best checkpoint yet ({best_dir} is empty; it is written at each "
             f"validation, every train.eval_every steps); " + _train_hint(workdir)
         )
-    with open(os.path.join(workdir, "config.json")) as f:
-        raw = ml_collections.ConfigDict(json.load(f))
+    raw = ml_collections.ConfigDict(files.read_json(root / "config.json"))
     try:
         config = config_lib.from_config_dict(raw)
     except ValueError as e:
@@ -139,7 +139,7 @@ def load_trained(workdir: str) -> Trained:
         model=model,
         params=state["params"],
         best_step=int(best_step),
-        input_stats=_read_stats(os.path.join(workdir, "input_stats.npz")),
+        input_stats=_read_stats(root / "input_stats.npz"),
         mesh=mesh,
         predict_fn=evaluate.make_predict_fn(model, mesh),
         embed_fn=evaluate.make_predict_fn(model, mesh, embeddings=True),
@@ -294,11 +294,11 @@ def predict_file(
         return predict_arrays(trained, inputs, mask, where=f.where, embeddings=embeddings)
 
 
-def write_predictions(path: str, result: dict[str, np.ndarray]) -> None:
+def write_predictions(path: str | os.PathLike, result: dict[str, np.ndarray]) -> None:
     """Writes `result` as a .npz (atomically: a failed write leaves no partial file)."""
     buf = io.BytesIO()
     np.savez(buf, **result)
-    report.atomic_write(path, buf.getvalue())
+    files.atomic_write(path, buf.getvalue())
 
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a finished training run.")

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from robult_jax import figures, metrics
+from robult_jax import figures, files, metrics
 from robult_jax.files import atomic_write
 
 SECTIONS = ("subsets", "random_missing")
@@ -401,11 +401,10 @@ def write_results(
     _check_results(results)
     results = _to_jsonable(results)
     exts = ("json", "md", "csv", "tex", "png", "pdf")
-    paths = {ext: os.path.join(workdir, f"results.{ext}") for ext in exts}
-    if os.path.exists(paths["json"]):
+    paths = {ext: os.fspath(files.as_path(workdir) / f"results.{ext}") for ext in exts}
+    if files.as_path(paths["json"]).exists():
         try:
-            with open(paths["json"]) as f:
-                old = _provenance(json.load(f))
+            old = _provenance(files.read_json(paths["json"]))
         except (OSError, ValueError):
             old = None
         if old != _provenance(results):
@@ -577,7 +576,7 @@ def write_comparison(
     metric = metric or first.get("primary_metric", "accuracy")
     kw = dict(metric=metric, rates=tuple(rates), robustness=True, baseline=baseline)
     aggs, groups, summary = _comparison(runs_by_method, **kw)
-    base = os.path.join(os.fspath(workdir), name)
+    base = os.fspath(files.as_path(workdir) / name)
     paths = {ext: f"{base}.{ext}" for ext in ("json", "md", "csv", "tex", "png", "pdf")}
     paths |= {f"subsets_{ext}": f"{base}-subsets.{ext}" for ext in ("png", "pdf")}
     record = {
@@ -624,14 +623,14 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="a training run's workdir")
     args = parser.parse_args((sys.argv if argv is None else argv)[1:])
     for workdir in args.workdirs:
-        path = os.path.join(workdir, "results.json")
+        path = files.as_path(workdir) / "results.json"
         try:
-            with open(path) as f:
-                results = json.load(f)
+            results = files.read_json(path)
             paths = write_results(
                 workdir, results, metric=results.get("primary_metric", "accuracy")
             )
         except (OSError, ValueError, KeyError) as e:
             print(f"error: {path}: {e}", file=sys.stderr)
             sys.exit(2)
-        print(f"{workdir}: wrote " + ", ".join(sorted(os.path.basename(p) for p in paths.values())))
+        names = sorted(files.as_path(p).name for p in paths.values())
+        print(f"{workdir}: wrote " + ", ".join(names))

@@ -87,14 +87,14 @@ def write_dataset_artifacts(workdir: str, dataset) -> None:
     and "<modality>/std" (absent when the loader normalises nothing).
     """
     spec_json = json.dumps(dataclasses.asdict(dataset.spec), indent=2)
-    files.atomic_write(os.path.join(workdir, "dataset_spec.json"), spec_json.encode())
+    files.atomic_write(files.as_path(workdir) / "dataset_spec.json", spec_json.encode())
     stats = getattr(dataset, "input_stats", None)
     if stats:
         buffer = io.BytesIO()
         np.savez(
             buffer, **{f"{m}/{k}": np.asarray(v) for m, d in stats.items() for k, v in d.items()}
         )
-        files.atomic_write(os.path.join(workdir, "input_stats.npz"), buffer.getvalue())
+        files.atomic_write(files.as_path(workdir) / "input_stats.npz", buffer.getvalue())
 
 
 def _label_split(
@@ -106,10 +106,10 @@ def _label_split(
     dataset and data fingerprint of this run; a mismatch raises before anything
     is written.
     """
-    path = os.path.join(workdir, "label_split.json")
+    path = files.as_path(workdir) / "label_split.json"
     check = dict(rate=sampling.label_rate, seed=sampling.label_seed)
     check.update(dataset=data_record["name"], fingerprint=data_record["fingerprint"])
-    if os.path.exists(path):  # resume; or a first attempt that stopped right after writing it
+    if path.exists():  # resume; or a first attempt that stopped right after writing it
         return sampler.load_label_split(path, **check)[0], False
     idx = sampler.label_split(dataset.train.labels, sampling.label_rate, sampling.label_seed)
     return idx, True
@@ -173,7 +173,7 @@ def train_and_evaluate(
     check_batch_sizes(cfg)
     dataset = load_dataset(cfg.data)
     config_lib.check_against_dataset(cfg, dataset.spec)
-    os.makedirs(workdir, exist_ok=True)
+    files.as_path(workdir).mkdir(parents=True, exist_ok=True)
     # Only process 0 writes the workdir's own files (Orbax coordinates the rest).
     lock = files.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     # Multi-process runs leave SIGTERM to JAX: every process must stop at the same step.
@@ -218,7 +218,7 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, *, pause_at_step
     if jax.process_index() == 0:
         if new_split:
             sampler.save_label_split(
-                os.path.join(workdir, "label_split.json"),
+                files.as_path(workdir) / "label_split.json",
                 labeled_idx,
                 rate=cfg.sampling.label_rate,
                 seed=cfg.sampling.label_seed,
@@ -338,7 +338,7 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, *, pause_at_step
     if jax.process_index() == 0:
         # The exact test-time masks, re-loadable with masks.load_masks (hash-checked).
         masks_lib.save_masks(
-            os.path.join(workdir, "eval_masks.npz"),
+            files.as_path(workdir) / "eval_masks.npz",
             eval_masks,
             {"split": cfg.eval.split, "modalities": list(spec.modality_names)},
         )

@@ -115,8 +115,7 @@ def load_label_split(
     and data fingerprint against the arguments given (None: not checked).
     Returns (indices, info) with info holding the saved fields but the indices.
     """
-    with open(path) as f:
-        record = json.load(f)
+    record = files.read_json(path)
     idx = np.asarray(record.pop("indices"), dtype=np.int64)
     if indices_sha256(idx) != record["sha256"] or len(idx) != record["num_labeled"]:
         raise ValueError(f"{path}: label split indices do not match their sha256.")
