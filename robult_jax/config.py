@@ -27,6 +27,7 @@ COMBINES = ("mean_probs", "mean_latent")  # paper: how present modalities' predi
 FUSIONS = ("attention", "mean")  # fused: f_0 over the present h_i
 REC_TARGETS = ("h_i", "h_0")  # paper: what u_i + z_i reconstructs
 EVAL_SPLITS = ("test", "validation")
+COMPUTE_DTYPES = ("float32", "bfloat16")  # parameters, optimizer state and losses stay float32
 
 # Fields that only one architecture reads; the other architecture's configs set them to None.
 ARCHITECTURE_FIELDS = {
@@ -195,6 +196,7 @@ class ModelConfig:
     fusion: str | None = _checked(_choice(FUSIONS))  # fused only
     unique_dim: int | None = _checked(_integer(1))  # fused only (K)
     proj_dim: int | None = _checked(_integer(1))  # fused only (P)
+    compute_dtype: str = _checked(_choice(COMPUTE_DTYPES))  # of activations and matmuls
 
     @property
     def embed_dim(self) -> int:

@@ -9,15 +9,22 @@ robult_jax/sequence_encoders.py; `make_encoder` builds all of them.
 Shape legend: B batch, D latent width, H hidden width, T time steps,
 F features per time step, X/Y image height/width, Ch channels.
 
+`dtype` of every module is the computation dtype (`model.compute_dtype`):
+bfloat16 runs the matmuls, convolutions and activations in bfloat16, while
+parameters stay float32 (flax's `param_dtype`) and LayerNorm statistics are
+reduced in float32.
+
 Only per-sample normalisation (LayerNorm) is used, never BatchNorm: batch
 statistics would let one sample (or an absent modality's zero inputs) change
 another sample's encoding, and would add mutable state to every apply.
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from robult_jax import sequence_encoders as seq
 
@@ -40,18 +47,19 @@ class MLP(nn.Module):
     out_dim: int
     dropout_rate: float
     layer_norm: bool = False
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x_BxI: jax.Array, *, train: bool = False) -> jax.Array:
         x = x_BxI
         for width in self.hidden_dims:
-            x = nn.Dense(width)(x)
+            x = nn.Dense(width, dtype=self.dtype)(x)
             if self.layer_norm:
-                x = nn.LayerNorm()(x)
+                x = nn.LayerNorm(dtype=self.dtype)(x)
             x = nn.gelu(x)
             # Dropout is a no-op (and needs no rng) when rate == 0 or not training.
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.out_dim)(x)
+        return nn.Dense(self.out_dim, dtype=self.dtype)(x)
 
 
 class MLPEncoder(nn.Module):
@@ -60,12 +68,15 @@ class MLPEncoder(nn.Module):
     latent_dim: int
     hidden_dim: int
     dropout_rate: float
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x_Bx_: jax.Array, *, train: bool = False) -> jax.Array:
         x_BxI = x_Bx_.reshape(x_Bx_.shape[0], -1)
         hidden_dims = (self.hidden_dim, self.hidden_dim)
-        mlp = MLP(hidden_dims, self.latent_dim, self.dropout_rate, layer_norm=True)
+        mlp = MLP(
+            hidden_dims, self.latent_dim, self.dropout_rate, layer_norm=True, dtype=self.dtype
+        )
         return mlp(x_BxI, train=train)
 
 
@@ -81,6 +92,7 @@ class ConvEncoder(nn.Module):
     features: Sequence[int]
     dropout_rate: float
     kernel_size: tuple[int, ...]  # (5,) or (3, 3); fixed, not a config field
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x_Bx_: jax.Array, *, train: bool = False) -> jax.Array:
@@ -88,11 +100,13 @@ class ConvEncoder(nn.Module):
         x = x_Bx_[..., None] if x_Bx_.ndim == len(spatial_axes) + 1 else x_Bx_
         for width in self.features:
             # Stride 2 halves each spatial axis: cheap downsampling without a pooling op.
-            x = nn.Conv(width, kernel_size=self.kernel_size, strides=2, padding="SAME")(x)
-            x = nn.gelu(nn.LayerNorm()(x))
+            conv = nn.Conv(
+                width, kernel_size=self.kernel_size, strides=2, padding="SAME", dtype=self.dtype
+            )
+            x = nn.gelu(nn.LayerNorm(dtype=self.dtype)(conv(x)))
         pooled_BxH = x.mean(axis=spatial_axes)
         pooled_BxH = nn.Dropout(self.dropout_rate, deterministic=not train)(pooled_BxH)
-        return nn.Dense(self.latent_dim)(pooled_BxH)
+        return nn.Dense(self.latent_dim, dtype=self.dtype)(pooled_BxH)
 
 
 # Per-sample input ranks each encoder accepts (rank of `ModalitySpec.shape`).
@@ -172,20 +186,23 @@ def make_encoder(encoder_name: str, model, *, name: str | None = None) -> nn.Mod
 
     `model` is the typed `config.ModelConfig`: every encoder reads its widths
     from it (`seq_width`, `seq_layers` and `num_heads` only the sequence
-    encoders; the transformer's feed-forward width is `hidden_dim`).
+    encoders; the transformer's feed-forward width is `hidden_dim`) and its
+    computation dtype from `compute_dtype`. A registered builder gets the same
+    `model` and may read `model.compute_dtype` too.
     """
     if encoder_name in _REGISTERED:
         return _REGISTERED[encoder_name](model, name=name)
     d, rate = model.latent_dim, model.dropout_rate
+    kw = dict(dtype=jnp.dtype(model.compute_dtype), name=name)
     if encoder_name == "mlp":
-        return MLPEncoder(d, model.hidden_dim, rate, name=name)
+        return MLPEncoder(d, model.hidden_dim, rate, **kw)
     if encoder_name == "cnn1d":
-        return ConvEncoder(d, tuple(model.cnn1d_features), rate, (5,), name=name)
+        return ConvEncoder(d, tuple(model.cnn1d_features), rate, (5,), **kw)
     if encoder_name == "cnn2d":
-        return ConvEncoder(d, tuple(model.cnn2d_features), rate, (3, 3), name=name)
+        return ConvEncoder(d, tuple(model.cnn2d_features), rate, (3, 3), **kw)
     width = model.seq_width or d
     if encoder_name == "transformer":
         return seq.TransformerSequenceEncoder(
-            d, width, model.seq_layers, model.num_heads, model.hidden_dim, rate, name=name
+            d, width, model.seq_layers, model.num_heads, model.hidden_dim, rate, **kw
         )
-    return seq.GRUSequenceEncoder(d, width, model.seq_layers, rate, name=name)
+    return seq.GRUSequenceEncoder(d, width, model.seq_layers, rate, **kw)

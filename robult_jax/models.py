@@ -14,12 +14,18 @@ Shape legend: B batch, M modalities, D latent width, K unique width (fused),
 P projection width (paper: P = D), U width of the unique u_i (paper: D, fused:
 K), C classes (outputs).
 
+Precision: `model.compute_dtype` is the dtype of every layer's computation
+("bfloat16": matmuls, convolutions and activations); parameters are float32,
+and every output is returned in float32, so that the losses and their
+reductions over the batch are float32 in both cases.
+
 Absent modalities: their inputs are replaced by zeros before any encoder and
 their h_i, z_i, u_i by zeros after, so no output depends on what an absent
 modality's input holds (NaN included), and neither do gradients.
 """
 
 from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -34,6 +40,14 @@ from robult_jax.data.types import ModalitySpec
 def l2_normalize(x_Bx_: jax.Array, *, eps: float = 1e-12) -> jax.Array:
     """x / ||x|| along the last axis; eps inside the rsqrt keeps x = 0 finite (and its grad)."""
     return x_Bx_ * jax.lax.rsqrt(jnp.sum(jnp.square(x_Bx_), axis=-1, keepdims=True) + eps)
+
+
+def as_float32(outputs: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The model's outputs with every floating array in float32 (booleans untouched)."""
+    return {
+        k: v.astype(jnp.float32) if jnp.issubdtype(v.dtype, jnp.floating) else v
+        for k, v in outputs.items()
+    }
 
 
 def mean_over_present(x_BxMx_: jax.Array, mask_BxM: jax.Array) -> jax.Array:
@@ -51,15 +65,16 @@ class Fusion(nn.Module):
     num_heads: int
     hidden_dim: int
     dropout_rate: float
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, h_BxMxD: jax.Array, mask_BxM: jax.Array, *, train: bool) -> jax.Array:
-        x_BxMxD = h_BxMxD
+        x_BxMxD, dtype = h_BxMxD, self.dtype
         if self.kind == "attention":
             shape = (h_BxMxD.shape[1], self.latent_dim)
             embed_MxD = self.param("modality_embed_MxD", nn.initializers.normal(0.02), shape)
             # Tells the block which token is which modality (tokens are otherwise unordered).
-            x_BxMxD = h_BxMxD + embed_MxD[None]
+            x_BxMxD = h_BxMxD + embed_MxD[None].astype(dtype)
             # A row with no modality present would mask every key; let such rows attend
             # to all tokens instead. Their h_i are zeros, so nothing input-dependent
             # enters, and the result is discarded by the masked mean-pool below.
@@ -70,13 +85,19 @@ class Fusion(nn.Module):
                 qkv_features=self.latent_dim,
                 out_features=self.latent_dim,
                 dropout_rate=self.dropout_rate,
+                dtype=dtype,
+                force_fp32_for_softmax=True,  # a no-op in float32
                 name="attention",
-            )(nn.LayerNorm()(x_BxMxD), mask=attn_mask_Bx1xMxM, deterministic=not train)
+            )(nn.LayerNorm(dtype=dtype)(x_BxMxD), mask=attn_mask_Bx1xMxM, deterministic=not train)
             x_BxMxD = x_BxMxD + y_BxMxD
-            ff = enc.MLP((self.hidden_dim,), self.latent_dim, self.dropout_rate, name="ffn")
-            x_BxMxD = x_BxMxD + ff(nn.LayerNorm()(x_BxMxD), train=train)
+            ff = enc.MLP(
+                (self.hidden_dim,), self.latent_dim, self.dropout_rate, dtype=dtype, name="ffn"
+            )
+            x_BxMxD = x_BxMxD + ff(nn.LayerNorm(dtype=dtype)(x_BxMxD), train=train)
         pooled_BxD = mean_over_present(x_BxMxD, mask_BxM)
-        out = enc.MLP((self.hidden_dim,), self.latent_dim, self.dropout_rate, name="out_mlp")
+        out = enc.MLP(
+            (self.hidden_dim,), self.latent_dim, self.dropout_rate, dtype=dtype, name="out_mlp"
+        )
         return out(pooled_BxD, train=train)
 
 
@@ -90,7 +111,13 @@ class _Base(nn.Module):
 
     def mlp(self, out_dim: int, name: str, hidden: int = 1) -> enc.MLP:
         cfg = self.config
-        return enc.MLP((cfg.hidden_dim,) * hidden, out_dim, cfg.dropout_rate, name=name)
+        return enc.MLP(
+            (cfg.hidden_dim,) * hidden,
+            out_dim,
+            cfg.dropout_rate,
+            dtype=jnp.dtype(cfg.compute_dtype),
+            name=name,
+        )
 
     def encode(
         self, inputs: Mapping[str, jax.Array], mask_BxM: jax.Array, prefix: str, *, train: bool
@@ -168,25 +195,31 @@ class PaperRobult(_Base):
 
         # Panel (a): some modality missing, so the fusion branch is not used; the
         # present modalities' predictions c(u_i + z_i) are combined [ours].
-        if cfg.combine == "mean_probs":
+        if cfg.combine == "mean_probs":  # in float32: probabilities of rare classes
             task = tasks.get(self.task)
-            probs_BxC = mean_over_present(task.probs(uni_logits_BxMxC), mask_BxM)
+            uni_probs_BxMxC = task.probs(uni_logits_BxMxC.astype(jnp.float32))
+            probs_BxC = mean_over_present(uni_probs_BxMxC, mask_BxM)
             combined_BxC = task.logits_from_probs(probs_BxC)
         else:  # "mean_latent"
             combined_BxC = head(mean_over_present(uz_BxMxD, mask_BxM), train=train)
-        logits_BxC = jnp.where(complete_B[:, None], fused_logits_BxC, combined_BxC)
-        return {
-            "logits_BxC": logits_BxC,
-            "fused_logits_BxC": fused_logits_BxC,
-            "fused_valid_B": complete_B,
-            "uni_logits_BxMxC": uni_logits_BxMxC,
-            "s_BxP": l2_normalize(s_BxD),
-            "z_BxMxP": l2_normalize(z_BxMxD),
-            "u_BxMxU": u_BxMxD,
-            "h_BxMxD": h_BxMxD,
-            "h0_BxD": h0_BxD,
-            "h_hat_BxMxD": uz_BxMxD,
-        }
+        out = as_float32(
+            {
+                "fused_logits_BxC": fused_logits_BxC,
+                "combined_BxC": combined_BxC,
+                "fused_valid_B": complete_B,
+                "uni_logits_BxMxC": uni_logits_BxMxC,
+                "s_BxP": s_BxD,
+                "z_BxMxP": z_BxMxD,
+                "u_BxMxU": u_BxMxD,
+                "h_BxMxD": h_BxMxD,
+                "h0_BxD": h0_BxD,
+                "h_hat_BxMxD": uz_BxMxD,
+            }
+        )
+        combined_BxC = out.pop("combined_BxC")
+        out["logits_BxC"] = jnp.where(complete_B[:, None], out["fused_logits_BxC"], combined_BxC)
+        out["s_BxP"], out["z_BxMxP"] = l2_normalize(out["s_BxP"]), l2_normalize(out["z_BxMxP"])
+        return out
 
 
 class FusedRobult(_Base):
@@ -207,6 +240,7 @@ class FusedRobult(_Base):
             cfg.num_heads,
             cfg.hidden_dim,
             cfg.dropout_rate,
+            jnp.dtype(cfg.compute_dtype),
             name="fusion",
         )
         h0_BxD = fusion(h_BxMxD, mask_BxM, train=train)
@@ -214,8 +248,9 @@ class FusedRobult(_Base):
         # c: one projection head shared by the fused and the unimodal latents, so
         # s and z_i live on the same sphere and can be compared by dot product.
         proj = self.mlp(cfg.proj_dim, "projection")
-        s_BxP = l2_normalize(proj(h0_BxD, train=train))
-        z_BxMxP = l2_normalize(proj(h_BxMxD, train=train))
+        # Normalised in float32 (as_float32 is a no-op in float32 runs).
+        s_BxP = l2_normalize(proj(h0_BxD, train=train).astype(jnp.float32))
+        z_BxMxP = l2_normalize(proj(h_BxMxD, train=train).astype(jnp.float32))
 
         u_list, h_hat_list = [], []
         for i, m in enumerate(self.modalities):
@@ -232,17 +267,19 @@ class FusedRobult(_Base):
             [s_BxP, u_BxMxK.reshape(mask_BxM.shape[0], -1), mask_BxM.astype(jnp.float32)], -1
         )
         logits_BxC = self.mlp(self.num_outputs, "classifier", hidden=2)(q_in_BxI, train=train)
-        return {
-            "logits_BxC": logits_BxC,
-            "fused_logits_BxC": logits_BxC,
-            "fused_valid_B": jnp.ones(mask_BxM.shape[:1], bool),
-            "s_BxP": s_BxP,
-            "z_BxMxP": z_BxMxP,
-            "u_BxMxU": u_BxMxK,
-            "h_BxMxD": h_BxMxD,
-            "h0_BxD": h0_BxD,
-            "h_hat_BxMxD": jnp.stack(h_hat_list, axis=1),
-        }
+        return as_float32(
+            {
+                "logits_BxC": logits_BxC,
+                "fused_logits_BxC": logits_BxC,
+                "fused_valid_B": jnp.ones(mask_BxM.shape[:1], bool),
+                "s_BxP": s_BxP,
+                "z_BxMxP": z_BxMxP,
+                "u_BxMxU": u_BxMxK,
+                "h_BxMxD": h_BxMxD,
+                "h0_BxD": h0_BxD,
+                "h_hat_BxMxD": jnp.stack(h_hat_list, axis=1),
+            }
+        )
 
 
 def build_model(model_config: ModelConfig, dataset_spec) -> PaperRobult | FusedRobult:

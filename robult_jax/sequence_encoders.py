@@ -13,6 +13,8 @@ Shape legend: B batch, T time steps, F features per step (validity channel
 excluded), W sequence width, D latent width, H feed-forward hidden width.
 """
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -47,23 +49,26 @@ class TransformerBlock(nn.Module):
     num_heads: int
     hidden_dim: int
     dropout_rate: float
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(
         self, x_BxTxW: jax.Array, attn_mask_Bx1xTxT: jax.Array, *, train: bool
     ) -> jax.Array:
-        width = x_BxTxW.shape[-1]
+        width, dtype = x_BxTxW.shape[-1], self.dtype
         y_BxTxW = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads,
             qkv_features=width,
             out_features=width,
             dropout_rate=self.dropout_rate,
+            dtype=dtype,
+            force_fp32_for_softmax=True,  # a no-op in float32; bfloat16 softmax loses mass
             name="attention",
-        )(nn.LayerNorm()(x_BxTxW), mask=attn_mask_Bx1xTxT, deterministic=not train)
+        )(nn.LayerNorm(dtype=dtype)(x_BxTxW), mask=attn_mask_Bx1xTxT, deterministic=not train)
         x_BxTxW = x_BxTxW + nn.Dropout(self.dropout_rate, deterministic=not train)(y_BxTxW)
-        y_BxTxH = nn.gelu(nn.Dense(self.hidden_dim)(nn.LayerNorm()(x_BxTxW)))
-        y_BxTxH = nn.Dropout(self.dropout_rate, deterministic=not train)(y_BxTxH)
-        return x_BxTxW + nn.Dense(width)(y_BxTxH)
+        y_BxTxH = nn.Dense(self.hidden_dim, dtype=dtype)(nn.LayerNorm(dtype=dtype)(x_BxTxW))
+        y_BxTxH = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.gelu(y_BxTxH))
+        return x_BxTxW + nn.Dense(width, dtype=dtype)(y_BxTxH)
 
 
 class TransformerSequenceEncoder(nn.Module):
@@ -77,13 +82,15 @@ class TransformerSequenceEncoder(nn.Module):
     num_heads: int
     hidden_dim: int
     dropout_rate: float
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x_BxTxF1: jax.Array, *, train: bool = False) -> jax.Array:
         features_BxTxF, valid_BxT = split_validity(x_BxTxF1)
-        num_steps = features_BxTxF.shape[1]
+        num_steps, dtype = features_BxTxF.shape[1], self.dtype
         pos_TxW = self.param("pos_embed_TxW", nn.initializers.normal(0.02), (num_steps, self.width))
-        x_BxTxW = nn.Dense(self.width, name="input_proj")(features_BxTxF) + pos_TxW[None]
+        x_BxTxW = nn.Dense(self.width, dtype=dtype, name="input_proj")(features_BxTxF)
+        x_BxTxW = x_BxTxW + pos_TxW[None].astype(dtype)
 
         # A row without valid steps (absent modality) would mask every key. Flax fills
         # masked logits with finfo.min, so that happens to give uniform weights, but a
@@ -96,14 +103,14 @@ class TransformerSequenceEncoder(nn.Module):
         attn_mask_Bx1xTxT = nn.make_attention_mask(jnp.ones_like(key_ok_BxT), key_ok_BxT)
         for i in range(self.num_layers):
             block = TransformerBlock(
-                self.num_heads, self.hidden_dim, self.dropout_rate, name=f"block_{i}"
+                self.num_heads, self.hidden_dim, self.dropout_rate, dtype, name=f"block_{i}"
             )
             x_BxTxW = block(x_BxTxW, attn_mask_Bx1xTxT, train=train)
-        x_BxTxW = nn.LayerNorm(name="final_norm")(x_BxTxW)
+        x_BxTxW = nn.LayerNorm(dtype=dtype, name="final_norm")(x_BxTxW)
 
         pooled_BxW = masked_mean_over_time(x_BxTxW, valid_BxT)
         pooled_BxW = nn.Dropout(self.dropout_rate, deterministic=not train)(pooled_BxW)
-        return nn.Dense(self.latent_dim, name="output")(pooled_BxW)
+        return nn.Dense(self.latent_dim, dtype=dtype, name="output")(pooled_BxW)
 
 
 class GRUSequenceEncoder(nn.Module):
@@ -118,20 +125,22 @@ class GRUSequenceEncoder(nn.Module):
     width: int
     num_layers: int
     dropout_rate: float
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x_BxTxF1: jax.Array, *, train: bool = False) -> jax.Array:
         features_BxTxF, valid_BxT = split_validity(x_BxTxF1)
         lengths_B = valid_BxT.sum(axis=1).astype(jnp.int32)
+        dtype = self.dtype
         # Projecting first keeps the recurrent kernels W x 3W even for 300-d text.
-        x_BxTxW = nn.Dense(self.width, name="input_proj")(features_BxTxF)
+        x_BxTxW = nn.Dense(self.width, dtype=dtype, name="input_proj")(features_BxTxF)
         last_BxW = None
         for i in range(self.num_layers):
             # seq_lengths makes the returned carry the one at step length-1 of each
             # row; outputs at later (padded) steps are never read by a valid step,
             # because the GRU is causal.
             # The cell, not the RNN, holds the parameters (and lives in this scope).
-            rnn = nn.RNN(nn.GRUCell(self.width, name=f"gru_{i}"), return_carry=True)
+            rnn = nn.RNN(nn.GRUCell(self.width, dtype=dtype, name=f"gru_{i}"), return_carry=True)
             last_BxW, x_BxTxW = rnn(x_BxTxW, seq_lengths=lengths_B)
             if i + 1 < self.num_layers:
                 x_BxTxW = nn.Dropout(self.dropout_rate, deterministic=not train)(x_BxTxW)
@@ -139,4 +148,4 @@ class GRUSequenceEncoder(nn.Module):
         # running over all padding; use the initial (zero) state instead.
         last_BxW = jnp.where((lengths_B > 0)[:, None], last_BxW, 0.0)
         last_BxW = nn.Dropout(self.dropout_rate, deterministic=not train)(last_BxW)
-        return nn.Dense(self.latent_dim, name="output")(last_BxW)
+        return nn.Dense(self.latent_dim, dtype=dtype, name="output")(last_BxW)

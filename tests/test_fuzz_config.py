@@ -71,7 +71,7 @@ OTHERS = [  # the fields that are not one number
     "method", "model.architecture", "model.fusion_stems", "model.combine", "model.fusion",
     "model.encoders", "model.cnn1d_features", "model.cnn2d_features", "loss.pu_mode",
     "loss.rec_target", "loss.rec_stop_gradient", "train.progress_bar", "train.tensorboard",
-    "eval.split",
+    "eval.split", "model.compute_dtype",
     "sampling.modality_dropout_rates", "eval.missing_rates", "eval.mask_seeds",
     "eval.per_modality_rates",
 ]  # fmt: skip
@@ -80,6 +80,7 @@ FIELDS = sorted([*INTS, *FLOATS, *OTHERS])
 # The allowed names of the choice fields and encoders, and strings that are none of them.
 NAMES = [*config_lib.ARCHITECTURES, *config_lib.FUSION_STEMS, *config_lib.COMBINES,
          *config_lib.FUSIONS, *config_lib.REC_TARGETS, *config_lib.EVAL_SPLITS,
+         *config_lib.COMPUTE_DTYPES,
          *losses.PU_MODES, *encoders.ENCODER_NAMES, "", "x", "1"]  # fmt: skip
 SPECIAL = [math.nan, math.inf, -math.inf, 0, 0.0, -0.0, 1, 1.0, 0.999999, 1e-7, 1e-20,
            1e-50, 3.0, 2**31 - 1, 2**31, -(2**31), 2**32, 1e39, 10**400, True, None]  # fmt: skip

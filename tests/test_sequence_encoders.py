@@ -41,6 +41,7 @@ def setup(name):
         seq_width=8,
         seq_layers=2,  # two layers: exercises stacking at no extra compile
         num_heads=2,
+        compute_dtype="float32",
     )
     module = enc.make_encoder(name, widths)
     x = make_sequences()

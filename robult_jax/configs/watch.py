@@ -51,6 +51,9 @@ def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
     # Encoder per modality; a modality not named here gets the default of its kind
     # (vector: mlp, timeseries: cnn1d, image: cnn2d).
     config.model.encoders = ml_collections.ConfigDict({"acc": "cnn1d", "gyro": "cnn1d"})
+    # "bfloat16": activations and matmuls in bfloat16; parameters, optimizer state and
+    # every loss reduction stay float32 (README "Running on many devices").
+    config.model.compute_dtype = "float32"
 
     config.loss = ml_collections.ConfigDict()
     config.loss.w_sup = 1.0  # supervised task loss on labeled rows
