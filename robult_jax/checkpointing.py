@@ -163,9 +163,13 @@ def _cause(e: Exception) -> str:
 
 
 def _host_array(x: Any) -> np.ndarray:
+    """The whole value of a leaf on this host, also when other processes hold parts of it."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        # Multi-host: the state is replicated, so any local shard holds all of it.
-        return np.asarray(x.addressable_shards[0].data)
+        if x.sharding.is_fully_replicated:  # any local shard holds all of it
+            return np.asarray(x.addressable_shards[0].data)
+        # parallel.shard_params across processes: gather the other hosts' slices (a
+        # collective, so every process digests the same leaves in the same order).
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
 
 

@@ -28,6 +28,7 @@ FUSIONS = ("attention", "mean")  # fused: f_0 over the present h_i
 REC_TARGETS = ("h_i", "h_0")  # paper: what u_i + z_i reconstructs
 EVAL_SPLITS = ("test", "validation")
 COMPUTE_DTYPES = ("float32", "bfloat16")  # parameters, optimizer state and losses stay float32
+PARALLEL_FORMS = ("jit", "shard_map")  # how the step is spread over the data axis
 
 # Fields that only one architecture reads; the other architecture's configs set them to None.
 ARCHITECTURE_FIELDS = {
@@ -254,6 +255,14 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ParallelConfig:
+    form: str = _checked(_choice(PARALLEL_FORMS))
+    # FSDP-style: parameters of >= shard_min_size elements are split over the data axis
+    shard_params: bool = _checked(_flag)
+    shard_min_size: int = _checked(_integer(1))
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalConfig:
     split: str = _checked(_choice(EVAL_SPLITS))
     batch_size: int = _checked(_integer(1))
@@ -273,6 +282,7 @@ class Config:
     optim: OptimConfig
     train: TrainConfig
     eval: EvalConfig
+    parallel: ParallelConfig
 
 
 _GROUPS = {
@@ -282,6 +292,7 @@ _GROUPS = {
     "optim": OptimConfig,
     "train": TrainConfig,
     "eval": EvalConfig,
+    "parallel": ParallelConfig,
 }
 
 

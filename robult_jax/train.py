@@ -202,7 +202,7 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, *, pause_at_step
     # Named random streams, split once from the seed.
     init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
     state = init_state(cfg, model, tx, spec, init_key, train_sampler.batch(0))
-    state = parallel.replicate(state, mesh)
+    state = parallel.place_state(state, mesh, cfg.parallel)  # replicated, or FSDP-sharded
     abstract_state = checkpointing.abstract_like(state)
 
     ckpt = checkpointing.Checkpointer(workdir, keep=cfg.train.keep_checkpoints)
@@ -230,8 +230,12 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, *, pause_at_step
     writer.write_hparams(checkpointing.config_to_dict(config))
 
     schedule = objective.make_schedule(cfg.optim, num_steps)
-    train_step = jax.jit(
-        objective.make_train_step(model, tx, cfg.loss, task, schedule), donate_argnums=(0,)
+    train_step = parallel.jit_train_step(  # keeps the state's placement (out_shardings)
+        objective.make_train_step(
+            model, tx, cfg.loss, task, schedule, parallel_config=cfg.parallel, mesh=mesh
+        ),
+        state,
+        mesh,
     )
     predict = evaluate.make_predict_fn(model, mesh)
     eval_kw = dict(batch_size=cfg.eval.batch_size, mesh=mesh)

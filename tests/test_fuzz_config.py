@@ -46,6 +46,7 @@ INTS = {
     "train.checkpoint_every": 1,
     "train.keep_checkpoints": 1,
     "eval.batch_size": 1,
+    "parallel.shard_min_size": 1,
 }
 # ... and finite float32 numbers in an interval: (lo, hi, lo_open, hi_open).
 _UNIT, _NONNEG, _POS = (0, 1, False, True), (0, math.inf, False, True), (0, math.inf, True, True)
@@ -71,7 +72,7 @@ OTHERS = [  # the fields that are not one number
     "method", "model.architecture", "model.fusion_stems", "model.combine", "model.fusion",
     "model.encoders", "model.cnn1d_features", "model.cnn2d_features", "loss.pu_mode",
     "loss.rec_target", "loss.rec_stop_gradient", "train.progress_bar", "train.tensorboard",
-    "eval.split", "model.compute_dtype",
+    "eval.split", "model.compute_dtype", "parallel.form", "parallel.shard_params",
     "sampling.modality_dropout_rates", "eval.missing_rates", "eval.mask_seeds",
     "eval.per_modality_rates",
 ]  # fmt: skip
@@ -80,7 +81,7 @@ FIELDS = sorted([*INTS, *FLOATS, *OTHERS])
 # The allowed names of the choice fields and encoders, and strings that are none of them.
 NAMES = [*config_lib.ARCHITECTURES, *config_lib.FUSION_STEMS, *config_lib.COMBINES,
          *config_lib.FUSIONS, *config_lib.REC_TARGETS, *config_lib.EVAL_SPLITS,
-         *config_lib.COMPUTE_DTYPES,
+         *config_lib.COMPUTE_DTYPES, *config_lib.PARALLEL_FORMS,
          *losses.PU_MODES, *encoders.ENCODER_NAMES, "", "x", "1"]  # fmt: skip
 SPECIAL = [math.nan, math.inf, -math.inf, 0, 0.0, -0.0, 1, 1.0, 0.999999, 1e-7, 1e-20,
            1e-50, 3.0, 2**31 - 1, 2**31, -(2**31), 2**32, 1e39, 10**400, True, None]  # fmt: skip

@@ -353,7 +353,10 @@ def test_garbage_row_without_modalities_equals_slicing_it_out(name):
     w = losses.positive_weights(d["labels"], d["is_lab"], d["probs"], d["s"], **kw)
     keep = {k: v[:7] for k, v in d.items()}
     w_keep = losses.positive_weights(keep["labels"], keep["is_lab"], keep["probs"], keep["s"], **kw)
-    np.testing.assert_array_equal(w[:7, :7], w_keep)
+    # Equal up to float32 rounding (the distances are one matmul, whose blocking, and
+    # so its last bit, depends on the shape); a leak of the nan would be nan, not 1 ulp.
+    assert np.isfinite(w[:7, :7]).all()
+    np.testing.assert_allclose(w[:7, :7], w_keep, rtol=1e-6, atol=0)
     args = ("s", "z", "labels", "is_lab", "probs", "mask")
     loss, _ = losses.soft_pu_contrastive_loss(*(d[k] for k in args), **kw)
     loss_keep, _ = losses.soft_pu_contrastive_loss(*(keep[k] for k in args), **kw)

@@ -92,6 +92,12 @@ def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
     # Extra test-time patterns, one rate per modality each, e.g. ((0.0, 0.5), (0.5, 0.0));
     # reported as `per_modality_missing` in results.json/md.
     config.eval.per_modality_rates = ()  # random-missingness masks averaged over these seeds
+
+    # How one step is spread over the devices (README "Running on many devices").
+    config.parallel = ml_collections.ConfigDict()
+    config.parallel.form = "jit"  # "jit": the compiler partitions | "shard_map": per device
+    config.parallel.shard_params = False  # FSDP-style: split large parameters over "data"
+    config.parallel.shard_min_size = 2**16  # parameters smaller than this stay replicated
     return config
 
 
