@@ -1,6 +1,7 @@
 """One command: `robult-jax <command> [flags]` (also `python -m robult_jax ...`).
 
   robult-jax train   --config watch --workdir runs/watch     train, resume, evaluate
+  robult-jax train   ... --distributed                        one process of a multi-host run
   robult-jax predict --workdir runs/watch --input new.npz --output preds.npz
   robult-jax compare --dataset watch --methods robult,supervised --workdir runs/cmp
   robult-jax report runs/watch                                 tables and figures again

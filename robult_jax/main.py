@@ -3,6 +3,10 @@
   python -m robult_jax.main --config configs/watch.py --workdir runs/watch
   robult-jax train --config watch:fused --workdir runs/watch_fused
       [--config.sampling.label_rate=0.1 ...]   (any field of the config)
+  robult-jax train --config watch --workdir runs/watch --distributed   (on every host)
+
+`--distributed` (or ROBULT_JAX_DISTRIBUTED=1) starts `jax.distributed` first: one
+process per host, or per GPU (robult_jax/distributed.py).
 
 Thin on purpose: everything else lives in importable modules.
 """
@@ -10,10 +14,11 @@ Thin on purpose: everything else lives in importable modules.
 import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from robult_jax import checkpointing, cli, configs, files, interrupts, train
+from robult_jax import checkpointing, cli, configs, distributed, files, interrupts, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -25,6 +30,23 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, metrics and results (resumed if it exists)."
 )
 flags.mark_flags_as_required(["config", "workdir"])
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    None,
+    "One process of a multi-process run: calls jax.distributed.initialize() first "
+    f"(default: ${distributed.ENV}=1). TPU pods, SLURM and Open MPI need nothing else.",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "With --distributed: HOST:PORT of process 0 (default: JAX_COORDINATOR_ADDRESS, or detected).",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "With --distributed: processes in all (default: JAX_NUM_PROCESSES)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "With --distributed: this process's index (default: JAX_PROCESS_ID)."
+)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -66,6 +88,22 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        # Before anything starts a JAX backend (train's first jax.devices()).
+        multi = distributed.requested_by_env() if _DISTRIBUTED.value is None else _DISTRIBUTED.value
+        if multi:
+            distributed.initialize(
+                coordinator_address=_COORDINATOR.value,
+                num_processes=_NUM_PROCESSES.value,
+                process_id=_PROCESS_ID.value,
+            )
+        elif any(f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)):
+            raise ValueError(
+                "--coordinator_address, --num_processes and --process_id need --distributed."
+            )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     # Orbax and tfds log every save and read at INFO; the progress bar and
     # metrics.jsonl already say what happens. `--verbosity=0` brings them back.
     if not flags.FLAGS["verbosity"].present:
@@ -90,9 +128,9 @@ def main(argv: list[str]) -> None:
         print(f"error: {e}. Files already in {_WORKDIR.value} were left as they were "
               "(every write is atomic).", file=sys.stderr)  # fmt: skip
         sys.exit(2)
-    with open(os.path.join(_WORKDIR.value, "results.md")) as f:
-        print(f.read())
-    print(f"Results, metrics and checkpoints are in {_WORKDIR.value}/")
+    if jax.process_index() == 0:  # the process that wrote them; the others may be ahead of it
+        print(files.as_path(_WORKDIR.value).joinpath("results.md").read_text())
+        print(f"Results, metrics and checkpoints are in {_WORKDIR.value}/")
 
 
 def run(argv: list[str] | None = None) -> None:
