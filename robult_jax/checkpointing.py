@@ -61,6 +61,7 @@ RESUMABLE_FIELDS = (
     "train.prefetch",
     "parallel.",  # checkpoints move between device counts and step forms
     "data.data_dir",
+    "data.streaming",  # the same rows, read from disk on demand or held in memory
     "eval.",
 )
 

@@ -252,6 +252,7 @@ class TrainConfig:
     keep_checkpoints: int = _checked(_integer(1))
     progress_bar: bool = _checked(_flag)
     tensorboard: bool = _checked(_flag)  # also TensorBoard event files (needs tensorboardX)
+    prefetch: int = _checked(_integer(0))  # batches prepared ahead in a thread; 0 = none
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,7 @@ def test_packaged_configs_resolve_by_name_and_paths_pass_through(tmp_path):
     own = tmp_path / "mine.py"
     own.write_text("")
     assert configs.resolve(str(own)) == str(own)
-    with pytest.raises(ValueError, match="packaged ones are: .*synthetic, watch"):
+    with pytest.raises(ValueError, match="packaged ones are: .*synthetic, tfds, watch"):
         configs.resolve("wacth")
     argv = ["prog", "--config", "watch", "--config=mfeat:fused", "--workdir", "w"]
     assert configs.resolve_config_flag(argv) == [

@@ -46,6 +46,7 @@ INTS = {
     "train.checkpoint_every": 1,
     "train.keep_checkpoints": 1,
     "eval.batch_size": 1,
+    "train.prefetch": 0,
     "parallel.shard_min_size": 1,
 }
 # ... and finite float32 numbers in an interval: (lo, hi, lo_open, hi_open).

@@ -83,6 +83,7 @@ def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
     config.train.keep_checkpoints = 2  # periodic checkpoints kept (the best is kept apart)
     config.train.progress_bar = True
     config.train.tensorboard = True  # also <workdir>/tensorboard/ event files (tensorboardX)
+    config.train.prefetch = 2  # batches sampled and put on the devices ahead, in a thread
 
     config.eval = ml_collections.ConfigDict()
     config.eval.split = "test"  # final evaluation split; "validation" while tuning

@@ -236,11 +236,15 @@ def clean_dataset(dataset: Dataset, *, on_nonfinite: str = "mask") -> Dataset:
     return dataclasses.replace(dataset, **splits, cleaning=cleaning)
 
 
-def _hash_array(h, key: str, a: np.ndarray) -> None:
-    a = np.ascontiguousarray(a)
+def _hash_array(h, key: str, a) -> None:
+    """Header (key, dtype, shape), then the raw bytes; a streamed array
+    (`robult_jax.data.stream.StreamedArray`) in chunks, never read whole."""
+    if not hasattr(a, "chunks"):
+        a = np.ascontiguousarray(a)
     # The header fixes how many bytes follow, so no two datasets share a byte stream.
     h.update(json.dumps([key, a.dtype.str, list(a.shape)]).encode())
-    h.update(a.reshape(-1).view(np.uint8))
+    for chunk in a.chunks() if hasattr(a, "chunks") else (a,):
+        h.update(np.ascontiguousarray(chunk).reshape(-1).view(np.uint8))
 
 
 def fingerprint(dataset: Dataset) -> str:

@@ -12,6 +12,9 @@ Data config fields read here:
   on_nonfinite: "mask" (default, also when the field is absent): NaN / inf in a
             modality marks it missing for that sample; "error": stop instead
             (see `robult_jax.data.clean`).
+  streaming: True: the loader returns splits read from disk on demand
+            (`robult_jax.data.stream`), cleaned in chunked passes; loaders that
+            cannot stream refuse it. False or absent: whole splits in memory.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from robult_jax.data import clean
+from robult_jax.data import clean, stream  # stream imports grain only when it reads
 from robult_jax.data.types import Dataset
 
 DATA_DIR_ENV = "ROBULT_JAX_DATA_DIR"
@@ -35,6 +38,7 @@ _BUILTIN: dict[str, str] = {
     "mfeat": "robult_jax.data.mfeat:load_mfeat",
     "synthetic": "robult_jax.data.synthetic:load_synthetic",
     "arrays": "robult_jax.data.arrays:load_arrays",
+    "tfds": "robult_jax.data.stream:load_tfds",  # any array_record tfds directory
     "av_digits": "robult_jax.data.av_digits:load_av_digits",
     "avmnist": "robult_jax.data.benchmarks.avmnist:load_avmnist",
     "mmimdb": "robult_jax.data.benchmarks.mmimdb:load_mmimdb",
@@ -80,7 +84,15 @@ def load_dataset(data_config: Any) -> Dataset:
     if not isinstance(dataset, Dataset):
         # Only a Dataset can be cleaned; anything else (a test's stand-in) is the caller's.
         return dataset
-    return clean.clean_dataset(dataset, on_nonfinite=clean.on_nonfinite_mode(data_config))
+    mode = clean.on_nonfinite_mode(data_config)
+    if stream.is_streamed(dataset):
+        return stream.clean_dataset(dataset, on_nonfinite=mode)
+    if getattr(data_config, "streaming", False):
+        raise ValueError(
+            f"data.streaming=True, but the {data_config.name!r} loader reads whole splits into "
+            "memory; set data.streaming=False (streaming loaders: tfds)."
+        )
+    return clean.clean_dataset(dataset, on_nonfinite=mode)
 
 
 def resolve_data_dir(data_config: Any) -> str:

@@ -248,19 +248,26 @@ class SemiSupervisedSampler:
         unl = _stream(self.unlabeled_idx, self.unlabeled_batch, step, self.seed, _UNLABELED_STREAM)
         return np.concatenate([lab, unl])
 
-    def batch(self, step: int) -> dict:
-        """The batch of training step `step`: a pure function of (seed, step)."""
-        rows = self.indices(step)
+    def batch(self, step: int, rows: slice | None = None) -> dict:
+        """The batch of training step `step`: a pure function of (seed, step).
+
+        `rows`: only these rows of it (one process's share, `data.pipeline`). The
+        indices and dropout draws are the whole batch's, so shares concatenate to
+        it; only the inputs, the costly part, are gathered for `rows` alone.
+        """
+        idx = self.indices(step)
         rng = np.random.default_rng((self.seed, _DROPOUT_STREAM, step))
         mask = modality_dropout_mask(
-            len(rows), self.split.mask.shape[1], self.modality_dropout, rng, self.split.mask[rows]
+            len(idx), self.split.mask.shape[1], self.modality_dropout, rng, self.split.mask[idx]
         )
         is_labeled = np.arange(self.batch_size) < self.labeled_batch
-        labels = self.split.labels[rows]
+        if rows is not None:
+            idx, mask, is_labeled = idx[rows], mask[rows], is_labeled[rows]
+        labels = self.split.labels[idx]
         # Zero the labels of unlabeled rows so no code path can leak them.
         labels[~is_labeled] = 0
         return {
-            "inputs": _gather(self.split, rows, mask),
+            "inputs": _gather(self.split, idx, mask),
             "mask": mask,
             "labels": labels,
             "is_labeled": is_labeled,
