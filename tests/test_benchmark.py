@@ -1,0 +1,94 @@
+"""experiments/benchmark.py: its --quick path writes every field, with sane values; the
+PyTorch reference has the JAX model's parameters and gives the same loss terms."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from robult_jax import config as config_lib
+from robult_jax import configs, models, objective, tasks, train
+from robult_jax.data.synthetic import make_synthetic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = os.path.join(ROOT, "experiments")
+
+
+@pytest.mark.slow  # compiles the whole step at two batch sizes: ~30 s on 2 idle cores
+def test_quick_benchmark_fields(tmp_path):
+    out = tmp_path / "bench.json"
+    # A subprocess: the benchmark sets up JAX itself (one CPU device, no test cache).
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, os.path.join(EXPERIMENTS, "benchmark.py"), "--quick"]
+    subprocess.run([*cmd, "--output", str(out)], check=True, env=env, cwd=tmp_path, timeout=600)
+    result = json.loads(out.read_text())
+
+    assert result["machine"]["jax"] == jax.__version__ and result["machine"]["cpu_count"] > 0
+    assert result["matmul_peak"]["flops_per_s"] > 0
+    (run,) = result["configs"]
+    assert run["config"] == "synthetic"
+    assert [r["batch_size"] for r in run["batches"]] == [64, 128]
+    for row in run["batches"]:
+        assert row["labeled"] * 4 == row["batch_size"]  # 1:3 labeled:unlabeled
+        assert row["num_params"] > 0 and row["flops"] > 0
+        assert all(row["compile"][k] > 0 for k in ("trace_s", "lower_s", "compile_s"))
+        assert row["jax"]["step_s"] > 0 and row["jax"]["samples_per_s"] > 0
+        assert len(row["jax"]["step_s_all"]) == 2  # --quick: 2 repeats
+        assert 0 < row["share_of_peak"] < 1.5
+        assert row["contrastive"]["time_s"] > 0 and row["contrastive"]["flops"] > 0
+        assert row["pipeline"]["preloaded_steps_per_s"] > 0
+        assert row["pipeline"]["sampled_each_step_steps_per_s"] > 0
+        assert list(row["memory"].values())[0] > 0
+        assert row["torch"].startswith("skipped")  # --quick without --torch
+    assert run["eval"]["subsets"] == 3 and run["eval"]["samples_per_s"] > 0
+    (scaling,) = result["modality_scaling"]
+    assert scaling["modalities"] == 2 and scaling["step_s"] > 0 and scaling["flops"] > 0
+
+
+@pytest.mark.parametrize("architecture", ["paper", "fused"])
+def test_torch_reference_matches_jax(architecture):
+    """Same parameters in, the same loss terms out; the parameter count is equal."""
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, EXPERIMENTS)
+    import torch_reference
+
+    config = configs.load(f"watch:{architecture}")
+    config.model.dropout_rate = 0.0  # deterministic, so both compute the same thing
+    config.sampling.labeled_batch, config.sampling.unlabeled_batch = 4, 12
+    cfg = config_lib.from_config_dict(config)
+    shapes = {"acc": (100, 3), "gyro": (100, 3)}  # watch's modalities, data made in code
+    dataset = make_synthetic(num_classes=7, num_train=70, modality_shapes=shapes)
+    batch = train.make_sampler(cfg, dataset.train, np.arange(0, 70, 5)).batch(0)
+    model = models.build_model(cfg.model, dataset.spec)
+    tx = objective.make_optimizer(cfg.optim, cfg.train.num_steps)
+    state = train.create_state(cfg, model, tx, dataset.spec, jax.random.key(0), batch)
+    # Centroids in use (one class without), so that the RBF fallback is compared too.
+    cent_CxP = models.l2_normalize(jax.random.normal(jax.random.key(1), (7, cfg.model.embed_dim)))
+    state = state.replace(centroids_CxP=cent_CxP, centroid_valid_C=jnp.ones(7).at[2].set(0))
+    task = tasks.get("multiclass")
+    loss, aux = objective.compute_losses(
+        state.params, model, batch, jax.random.key(2), state, cfg.loss, task
+    )
+
+    num_params = sum(np.size(x) for x in jax.tree.leaves(state.params))
+    ref = torch_reference.Robult(cfg.model, dataset.spec)
+    assert sum(p.numel() for p in ref.parameters()) == num_params
+    torch_reference.load_flax_params(ref, jax.device_get(state.params))
+    with torch.no_grad():
+        total, terms, _, _ = torch_reference.compute_losses(
+            ref, torch_reference.to_torch(batch), torch.from_numpy(np.asarray(cent_CxP)),
+            torch.from_numpy(np.asarray(state.centroid_valid_C)), cfg.loss,
+        )  # fmt: skip
+    np.testing.assert_allclose(float(total), float(loss), rtol=1e-5)
+    for name, value in aux["terms"].items():
+        np.testing.assert_allclose(float(terms[name]), float(value), rtol=1e-5, err_msg=name)
+
+    step = torch_reference.TorchStep(cfg, dataset.spec, [batch], compiled=False)
+    assert step.num_params == num_params
+    metrics = step.step(step.batches[0])
+    assert np.isfinite(metrics["loss"].item()) and metrics["grad_norm"].item() > 0
