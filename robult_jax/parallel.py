@@ -52,9 +52,10 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def check_batch_size(size: int, field: str) -> None:
-    """The global batch is split evenly over devices; say which field to fix if it is not."""
-    n = jax.device_count()
+def check_batch_size(size: int, field: str, num_devices: int | None = None) -> None:
+    """The global batch is split evenly over the mesh's devices (default: all of them);
+    say which field to fix if it is not."""
+    n = jax.device_count() if num_devices is None else num_devices
     if size % n:
         raise ValueError(
             f"{field}={size} is not divisible by the number of devices ({n}); "

@@ -130,14 +130,14 @@ def make_sampler(
     )
 
 
-def check_batch_sizes(cfg: config_lib.Config) -> None:
-    """Every global batch must split evenly over the devices."""
+def check_batch_sizes(cfg: config_lib.Config, num_devices: int | None = None) -> None:
+    """Every global batch must split evenly over the mesh's devices (default: all)."""
     for field, size in (
         ("sampling.labeled_batch", cfg.sampling.labeled_batch),
         ("sampling.unlabeled_batch", cfg.sampling.unlabeled_batch),
         ("eval.batch_size", cfg.eval.batch_size),
     ):
-        parallel.check_batch_size(size, field)
+        parallel.check_batch_size(size, field, num_devices)
 
 
 def data_record(dataset) -> dict:
@@ -171,7 +171,7 @@ def train_and_evaluate(
     `devices`: the devices of the data-parallel mesh (default: all).
     """
     cfg = config_lib.from_config_dict(config)
-    check_batch_sizes(cfg)
+    check_batch_sizes(cfg, None if devices is None else len(devices))
     dataset = load_dataset(cfg.data)
     config_lib.check_against_dataset(cfg, dataset.spec)
     files.as_path(workdir).mkdir(parents=True, exist_ok=True)

@@ -248,6 +248,17 @@ def test_bad_config_fails_before_writing(tmp_path, field, value, message):
     assert not (workdir / "checkpoints").exists()
 
 
+def test_batch_sizes_are_checked_against_the_mesh_given(tmp_path):
+    # 6 rows split over 2 of the 4 test devices, but not over 4 (nor 3 over 2).
+    assert jax.device_count() == 4
+    config = _config(**{"sampling.labeled_batch": 6, "sampling.unlabeled_batch": 3})
+    with pytest.raises(ValueError, match=r"unlabeled_batch=3 is not divisible .* \(2\)"):
+        train.train_and_evaluate(config, str(tmp_path / "run"), devices=jax.devices()[:2])
+    with pytest.raises(ValueError, match=r"labeled_batch=6 is not divisible .* \(4\)"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_mesh_shards_batches_across_devices():
     mesh = parallel.make_mesh()
     batch = parallel.shard_batch({"x": np.arange(8, dtype=np.float32)}, mesh)
