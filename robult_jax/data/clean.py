@@ -110,6 +110,33 @@ def check_present(split_name: str, present_NxM: np.ndarray, names: list[str], wh
                 )
 
 
+# Inputs are numpy arrays, or streamed arrays (`robult_jax.data.stream.StreamedArray`:
+# rows read from disk on demand), which are scanned chunk by chunk and zeroed or
+# sliced lazily, never read whole.
+
+
+def nonfinite_rows_of(x) -> np.ndarray:
+    """`nonfinite_rows` of a numpy or a streamed array (the latter chunk by chunk)."""
+    if isinstance(x, np.ndarray):
+        return nonfinite_rows(x)
+    parts = [nonfinite_rows(chunk) for chunk in x.chunks()]
+    return np.concatenate(parts) if parts else np.zeros(0, bool)
+
+
+def _zeroed(x, rows_N: np.ndarray):
+    """A copy of `x` with `rows_N` set to 0 (a streamed array: zeroed as it is read)."""
+    if not isinstance(x, np.ndarray):
+        return x.with_zeroed(rows_N)
+    x = x.copy()
+    x[rows_N] = 0
+    return x
+
+
+def _rows(x, keep_N: np.ndarray):
+    """The rows `keep_N` (bool) of a numpy or a streamed array."""
+    return x[keep_N] if isinstance(x, np.ndarray) else x.take(keep_N)
+
+
 def clean_split(
     split: Split, split_name: str, *, on_nonfinite: str = "mask", where: str = ""
 ) -> tuple[Split, Counts]:
@@ -123,7 +150,7 @@ def clean_split(
     inputs, mask_NxM = dict(split.inputs), split.mask
     masked = dict.fromkeys(names, 0)
     for j, name in enumerate(names):
-        bad_N = nonfinite_rows(split.inputs[name])
+        bad_N = nonfinite_rows_of(split.inputs[name])
         if not bad_N.any():
             continue
         # Rows the data already marks absent are zeroed but not counted: nothing is lost there.
@@ -136,9 +163,7 @@ def clean_split(
                 f"mark {name!r} missing for those samples."
             )
         masked[name] = int(newly_N.sum())
-        x = split.inputs[name].copy()
-        x[bad_N] = 0
-        inputs[name] = x
+        inputs[name] = _zeroed(split.inputs[name], bad_N)
         if mask_NxM is split.mask:
             mask_NxM = mask_NxM.copy()
         mask_NxM[:, j] &= ~bad_N
@@ -147,7 +172,7 @@ def clean_split(
     dropped = int(len(keep_N) - keep_N.sum())
     labels = split.labels
     if dropped:
-        inputs = {k: v[keep_N] for k, v in inputs.items()}
+        inputs = {k: _rows(v, keep_N) for k, v in inputs.items()}
         labels, mask_NxM = labels[keep_N], mask_NxM[keep_N]
     counts = {"nonfinite_masked": masked, "dropped_all_missing": dropped}
     if mask_NxM is split.mask:

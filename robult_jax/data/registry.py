@@ -85,9 +85,7 @@ def load_dataset(data_config: Any) -> Dataset:
         # Only a Dataset can be cleaned; anything else (a test's stand-in) is the caller's.
         return dataset
     mode = clean.on_nonfinite_mode(data_config)
-    if stream.is_streamed(dataset):
-        return stream.clean_dataset(dataset, on_nonfinite=mode)
-    if getattr(data_config, "streaming", False):
+    if getattr(data_config, "streaming", False) and not stream.is_streamed(dataset):
         raise ValueError(
             f"data.streaming=True, but the {data_config.name!r} loader reads whole splits into "
             "memory; set data.streaming=False (streaming loaders: tfds)."

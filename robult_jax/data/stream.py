@@ -16,9 +16,9 @@ rows, with the same numbers as the in-memory path:
   - `fit_stats`: normalisation statistics, bit-identical to
     `normalize.fit_stats` for vector and time-series modalities (numpy sums
     leading axes row by row in order, and so do the chunks here);
-  - `clean_dataset`: `clean.clean_dataset`'s rules and counts (non-finite
-    values mark a modality missing, empty rows are dropped);
-  - `fingerprint`: `clean.fingerprint`'s digest (the same byte stream).
+  - cleaning and the fingerprint: `clean.clean_dataset` and `clean.fingerprint`
+    themselves, which scan a `StreamedArray` chunk by chunk and zero or slice
+    it lazily (the same rules, counts and digest as in memory).
 
 `load_tfds` (data.name = "tfds") reads any array_record tfds dataset directory
 this way or in memory. Data config fields:
@@ -39,7 +39,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from absl import logging
 
 from robult_jax.data import clean, normalize
 from robult_jax.data.types import Dataset, DatasetSpec, ModalitySpec, Split
@@ -216,59 +215,6 @@ def fit_stats(x_NxS, present_N: np.ndarray, kind: str) -> normalize.Stats:
     return {"mean": mean, "std": std}
 
 
-def _nonfinite_rows(x_NxS) -> np.ndarray:
-    parts = [clean.nonfinite_rows(c) for c in _chunks(x_NxS)]
-    return np.concatenate(parts) if parts else np.zeros(0, bool)
-
-
-def clean_split(
-    split: Split, split_name: str, *, on_nonfinite: str = "mask", where: str = ""
-) -> tuple[Split, clean.Counts]:
-    """`clean.clean_split` for streamed inputs: one chunked pass, nothing read into memory."""
-    names = list(split.inputs)
-    inputs, mask_NxM = dict(split.inputs), split.mask.copy()
-    masked = dict.fromkeys(names, 0)
-    for j, name in enumerate(names):
-        bad_N = _nonfinite_rows(split.inputs[name])
-        if not bad_N.any():
-            continue
-        newly_N = bad_N & mask_NxM[:, j]
-        if on_nonfinite == "error" and newly_N.any():
-            raise ValueError(
-                f"{where}the {split_name!r} split: modality {name!r} holds NaN or inf in rows "
-                f"{clean.rows_text(np.flatnonzero(newly_N))} (0-based within the split) and "
-                "data.on_nonfinite='error'. Fix the data, or set data.on_nonfinite='mask' to "
-                f"mark {name!r} missing for those samples."
-            )
-        masked[name] = int(newly_N.sum())
-        inputs[name] = inputs[name].with_zeroed(bad_N)
-        mask_NxM[:, j] &= ~bad_N
-    clean.check_present(split_name, mask_NxM, names, where)
-    keep_N = mask_NxM.any(axis=1)
-    dropped = int(len(keep_N) - keep_N.sum())
-    labels = split.labels
-    if dropped:
-        inputs = {k: v.take(keep_N) for k, v in inputs.items()}
-        labels, mask_NxM = labels[keep_N], mask_NxM[keep_N]
-    counts = {"nonfinite_masked": masked, "dropped_all_missing": dropped}
-    return Split(inputs=inputs, labels=labels, mask=mask_NxM), counts
-
-
-def clean_dataset(dataset: Dataset, *, on_nonfinite: str = "mask") -> Dataset:
-    """`clean.clean_dataset` for a streamed dataset (same rules, counts and warnings)."""
-    where = f"dataset {dataset.spec.name!r}: "
-    splits, cleaning = {}, {}
-    for s in clean.SPLITS:
-        splits[s], counts = clean_split(
-            getattr(dataset, s), s, on_nonfinite=on_nonfinite, where=where
-        )
-        cleaning[s] = clean._add(dataset.cleaning.get(s, {}), counts)
-        line = clean._summary(cleaning[s])
-        if line:
-            logging.warning("%s%s split: %s (counts in Dataset.cleaning).", where, s, line)
-    return dataclasses.replace(dataset, **splits, cleaning=cleaning)
-
-
 # ---------------------------------------------------------------------------
 # data.name = "tfds": any array_record tfds dataset directory.
 
@@ -340,7 +286,7 @@ def load_tfds(data_config: Any) -> Dataset:
         train_inputs = raw["train"][0]
         # Fitted on finite rows only: a NaN (a missing value) would make every row NaN.
         stats = {
-            n: fit_stats(train_inputs[n], ~_nonfinite_rows(train_inputs[n]), kinds[n])
+            n: fit_stats(train_inputs[n], ~clean.nonfinite_rows_of(train_inputs[n]), kinds[n])
             for n in names
         }
 
