@@ -29,7 +29,7 @@ from absl import logging
 from robult_jax import masks as masks_lib
 from robult_jax import metrics as metrics_lib
 from robult_jax import parallel
-from robult_jax.data import sampler
+from robult_jax.data import pipeline, sampler
 from robult_jax.data.types import Split
 from robult_jax.tasks import Task
 
@@ -102,12 +102,17 @@ def predict_split(
     """`predict`'s outputs for every row of `split` under `mask_NxM` (ANDed with its own mask).
 
     The last batch is padded to `batch_size` (`sampler.iterate_eval_batches`), so
-    evaluation compiles exactly once; absent modalities get zero inputs.
+    evaluation compiles exactly once; absent modalities get zero inputs. Each
+    process gathers the inputs of its own rows of every batch only
+    (`pipeline.process_rows`, as in training); `predict`'s outputs come back
+    replicated, so every process has every row for the metrics.
     """
+    rows = pipeline.process_rows(mesh, batch_size)
     outputs = []
-    for batch in sampler.iterate_eval_batches(split, batch_size, mask=mask_NxM):
-        sharded = parallel.shard_batch({"inputs": batch["inputs"], "mask": batch["mask"]}, mesh)
-        out = jax.device_get(predict(params, sharded["inputs"], sharded["mask"]))
+    for batch in sampler.iterate_eval_batches(split, batch_size, mask=mask_NxM, rows=rows):
+        local = {"inputs": batch["inputs"], "mask": batch["mask"][rows]}
+        placed = pipeline.to_devices(local, mesh, batch_size)
+        out = jax.device_get(predict(params, placed["inputs"], placed["mask"]))
         outputs.append(jax.tree.map(lambda x, v=batch["valid"]: np.asarray(x)[v], out))
     return jax.tree.map(lambda *xs: np.concatenate(xs, 0), *outputs)
 

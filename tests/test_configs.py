@@ -39,6 +39,12 @@ def test_config_loads_and_validates(path, architecture):
     assert (typed.sampling.modality_dropout > 0) == (architecture == "fused")
 
 
+def test_every_config_accepts_data_streaming():
+    # Locked configs reject unknown fields: --config.data.streaming=True must parse for all.
+    for path in CONFIGS:
+        assert _load(path).data.streaming is False, path
+
+
 def test_default_architecture_is_the_papers():
     for path in CONFIGS:
         assert _load(path).model.architecture == "paper", path

@@ -23,6 +23,7 @@ def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.name = "arrays"
     config.data.on_nonfinite = "mask"  # NaN/Inf in a modality: missing there (counted) | "error"
+    config.data.streaming = False  # True is refused: the arrays are read into memory
     config.data.path = ""  # required: my_data.npz or a directory holding <key>.npy files
     # Array name -> kind: "vector" (F,), "timeseries" (T, F), "image" (H, W[, C]),
     # "sequence" (T, F + 1, last channel = validity). Shapes are read from the arrays.

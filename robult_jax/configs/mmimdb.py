@@ -18,6 +18,7 @@ def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.name = "mmimdb"
     config.data.on_nonfinite = "mask"  # NaN/Inf in a modality: missing there (counted) | "error"
+    config.data.streaming = False  # True: inputs read from disk on demand, not held in memory
     config.data.data_dir = ""  # tfds cache dir; "" = $ROBULT_JAX_DATA_DIR or ~/.cache/robult_jax
     config.data.manual_dir = ""  # required: folder holding multimodal_imdb.hdf5
     # Contiguous row ranges train [0, train_end), validation [train_end, val_end),

@@ -14,6 +14,7 @@ def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.name = "synthetic"
     config.data.on_nonfinite = "mask"  # NaN/Inf in a modality: missing there (counted) | "error"
+    config.data.streaming = False  # True is refused: the data is made in memory
     config.data.data_dir = ""  # unused: nothing is written or read
     config.data.num_classes = 3
     config.data.num_train = 96

@@ -22,6 +22,7 @@ def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.name = "watch"  # see robult_jax.data.registry for the registered names
     config.data.on_nonfinite = "mask"  # NaN/Inf in a modality: missing there (counted) | "error"
+    config.data.streaming = False  # True: inputs read from disk on demand, not held in memory
     config.data.data_dir = ""  # tfds data dir; "" = $ROBULT_JAX_DATA_DIR or ~/.cache/robult_jax
     config.data.val_subject = 7  # training subject held out for validation / model selection
 

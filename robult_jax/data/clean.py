@@ -112,7 +112,8 @@ def check_present(split_name: str, present_NxM: np.ndarray, names: list[str], wh
 
 # Inputs are numpy arrays, or streamed arrays (`robult_jax.data.stream.StreamedArray`:
 # rows read from disk on demand), which are scanned chunk by chunk and zeroed or
-# sliced lazily, never read whole.
+# sliced lazily, never read whole. Loaders use the same three functions to treat
+# both alike (`robult_jax.data.stream`).
 
 
 def nonfinite_rows_of(x) -> np.ndarray:
@@ -123,8 +124,8 @@ def nonfinite_rows_of(x) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, bool)
 
 
-def _zeroed(x, rows_N: np.ndarray):
-    """A copy of `x` with `rows_N` set to 0 (a streamed array: zeroed as it is read)."""
+def zero_rows(x, rows_N: np.ndarray):
+    """A copy of `x` with `rows_N` (N,) bool set to 0 (a streamed array: zeroed as it is read)."""
     if not isinstance(x, np.ndarray):
         return x.with_zeroed(rows_N)
     x = x.copy()
@@ -132,9 +133,9 @@ def _zeroed(x, rows_N: np.ndarray):
     return x
 
 
-def _rows(x, keep_N: np.ndarray):
-    """The rows `keep_N` (bool) of a numpy or a streamed array."""
-    return x[keep_N] if isinstance(x, np.ndarray) else x.take(keep_N)
+def take_rows(x, rows: np.ndarray | slice):
+    """The rows `rows` (indices, a slice or a bool mask) of a numpy or a streamed array."""
+    return x[rows] if isinstance(x, np.ndarray) else x.take(rows)
 
 
 def clean_split(
@@ -163,7 +164,7 @@ def clean_split(
                 f"mark {name!r} missing for those samples."
             )
         masked[name] = int(newly_N.sum())
-        inputs[name] = _zeroed(split.inputs[name], bad_N)
+        inputs[name] = zero_rows(split.inputs[name], bad_N)
         if mask_NxM is split.mask:
             mask_NxM = mask_NxM.copy()
         mask_NxM[:, j] &= ~bad_N
@@ -172,7 +173,7 @@ def clean_split(
     dropped = int(len(keep_N) - keep_N.sum())
     labels = split.labels
     if dropped:
-        inputs = {k: _rows(v, keep_N) for k, v in inputs.items()}
+        inputs = {k: take_rows(v, keep_N) for k, v in inputs.items()}
         labels, mask_NxM = labels[keep_N], mask_NxM[keep_N]
     counts = {"nonfinite_masked": masked, "dropped_all_missing": dropped}
     if mask_NxM is split.mask:

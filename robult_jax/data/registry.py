@@ -14,7 +14,8 @@ Data config fields read here:
             (see `robult_jax.data.clean`).
   streaming: True: the loader returns splits read from disk on demand
             (`robult_jax.data.stream`), cleaned in chunked passes; loaders that
-            cannot stream refuse it. False or absent: whole splits in memory.
+            cannot stream (not in STREAMING_LOADERS) refuse it. False or absent:
+            whole splits in memory.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ _BUILTIN: dict[str, str] = {
     "mosei": "robult_jax.data.benchmarks.affect:load_mosei",
 }
 _REGISTRY: dict[str, Loader] = {}
+# Built-in loaders that honour data.streaming. Not synthetic (made in memory), arrays
+# (a user's .npz / .npy files) and av_digits (statistics of whole float32 arrays).
+STREAMING_LOADERS = ("avmnist", "mfeat", "mmimdb", "mosei", "mosi", "tfds", "watch")
 
 
 def register_dataset(name: str, fn: Loader, *, overwrite: bool = False) -> None:
@@ -85,10 +89,10 @@ def load_dataset(data_config: Any) -> Dataset:
         # Only a Dataset can be cleaned; anything else (a test's stand-in) is the caller's.
         return dataset
     mode = clean.on_nonfinite_mode(data_config)
-    if getattr(data_config, "streaming", False) and not stream.is_streamed(dataset):
+    if stream.enabled(data_config) and not stream.is_streamed(dataset):
         raise ValueError(
             f"data.streaming=True, but the {data_config.name!r} loader reads whole splits into "
-            "memory; set data.streaming=False (streaming loaders: tfds)."
+            f"memory; set data.streaming=False (streaming loaders: {', '.join(STREAMING_LOADERS)})."
         )
     return clean.clean_dataset(dataset, on_nonfinite=mode)
 

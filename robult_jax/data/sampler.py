@@ -280,7 +280,7 @@ def _pad(x: np.ndarray, pad: int) -> np.ndarray:
 
 
 def iterate_eval_batches(
-    split: Split, batch_size: int, mask: np.ndarray | None = None
+    split: Split, batch_size: int, mask: np.ndarray | None = None, rows: slice | None = None
 ) -> Iterator[dict]:
     """Fixed-size evaluation batches over the whole split, in order.
 
@@ -290,20 +290,28 @@ def iterate_eval_batches(
     fusion code). `mask` (N, M) is an evaluation missingness pattern, ANDed
     with the data's own mask; absent modalities get zero inputs.
 
+    `rows`: only these positions of each batch (one process's share,
+    `data.pipeline.process_rows`) get their inputs, the costly part, gathered;
+    "mask", "labels" and "valid" stay whole batches.
+
     Yields dicts {"inputs", "mask", "labels", "valid"}.
     """
     n, m = split.mask.shape
     full = split.mask if mask is None else split.mask & np.asarray(mask, bool)
     if full.shape != (n, m):
         raise ValueError(f"eval mask has shape {np.shape(mask)}, expected {(n, m)}.")
+    share = slice(None) if rows is None else rows
+    share_size = len(range(batch_size)[share])
     for start in range(0, n, batch_size):
-        rows = np.arange(start, min(start + batch_size, n))
-        pad = batch_size - len(rows)
-        mask_b = np.concatenate([full[rows], np.ones((pad, m), bool)])
-        inputs = {name: _pad(xb, pad) for name, xb in _gather(split, rows, full[rows]).items()}
+        batch_rows = np.arange(start, min(start + batch_size, n))
+        pad = batch_size - len(batch_rows)
+        mask_b = np.concatenate([full[batch_rows], np.ones((pad, m), bool)])
+        # The real rows among the share's positions; the rest of the share is padding.
+        local = batch_rows[share]
+        gathered = _gather(split, local, full[local])
         yield {
-            "inputs": inputs,
+            "inputs": {name: _pad(xb, share_size - len(local)) for name, xb in gathered.items()},
             "mask": mask_b,
-            "labels": _pad(split.labels[rows], pad),
-            "valid": np.arange(batch_size) < len(rows),
+            "labels": _pad(split.labels[batch_rows], pad),
+            "valid": np.arange(batch_size) < len(batch_rows),
         }

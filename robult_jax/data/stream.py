@@ -5,11 +5,16 @@ Shape legend: N rows of a split, S a per-sample shape, F features (last axis).
 With `data.streaming = True` a loader returns splits whose `inputs` are
 `StreamedArray`s: (N, *S) float32 arrays that read only the rows asked for
 (`x[rows]`), through a grain `MapDataset` over the tfds data source of the
-split, and apply the loader's normalisation as they read. Labels and masks
-(N and N x M values) stay in memory. So the training sampler, which gathers
-`x[rows]` for one process's rows of a batch, and the evaluation, which reads
-consecutive ranges, work unchanged, and host memory no longer grows with the
-dataset.
+split, and apply the loader's own transformation as they read. Labels and
+masks (N and N x M values) stay in memory. So the training sampler, which
+gathers `x[rows]` for one process's rows of a batch, and the evaluation, which
+reads consecutive ranges, work unchanged, and host memory no longer grows with
+the dataset.
+
+A loader is written once for both paths: `read_split` gives the split's
+inputs as numpy arrays or as `StreamedArray`s, and `clean.take_rows`,
+`clean.zero_rows`, `transformed` and `standardised_dataset` take either, so
+a streamed split holds exactly the numbers the in-memory one does.
 
 Everything that needs a pass over whole splits does it in chunks of `CHUNK`
 rows, with the same numbers as the in-memory path:
@@ -35,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +49,45 @@ from robult_jax.data import clean, normalize
 from robult_jax.data.types import Dataset, DatasetSpec, ModalitySpec, Split
 
 CHUNK = 4096  # rows per read in whole-split passes
+Read = Callable[[np.ndarray], list]  # record indices -> their decoded examples (dicts)
+
+
+def enabled(data_config: Any) -> bool:
+    """`data.streaming` (False when the loader's config has no such field)."""
+    return bool(getattr(data_config, "streaming", False))
+
+
+def fit_steps(x_TxF: np.ndarray, steps: int) -> np.ndarray:
+    """The first `steps` steps of one record, zero-padded at the end when shorter."""
+    x = x_TxF[:steps]
+    return np.pad(x, [(0, steps - len(x))] + [(0, 0)] * (x.ndim - 1))
+
+
+def stack(examples: list[dict], key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """(n, ...) values of `key` in `examples`; with `shape`, each fitted to it (`fit_steps`)."""
+    values = [np.asarray(ex[key]) for ex in examples]
+    if shape is not None:  # variable-length records (tfds shape (None, ...))
+        values = [fit_steps(v, shape[0]) for v in values]
+    return np.stack(values)
+
+
+def read_records(
+    read: Read, n: int, keys: Sequence[str], shapes: dict[str, tuple[int, ...]] | None = None
+) -> dict[str, np.ndarray]:
+    """`keys` of records 0..n-1, stacked (`stack`, fitted to `shapes`), `CHUNK` records a read.
+
+    Batched reads: one call per record costs a Python round trip each, one call
+    for everything would hold every decoded record at once.
+    """
+    if not keys:
+        return {}
+    shapes = shapes or {}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    for start in range(0, n, CHUNK):
+        examples = read(np.arange(start, min(n, start + CHUNK)))
+        for k in keys:
+            parts[k].append(stack(examples, k, shapes.get(k)))
+    return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 class _BatchedSource:
@@ -98,16 +142,23 @@ class RecordReader:
 class StreamedArray:
     """(N, *S) float32 rows of one modality, read on demand from a `RecordReader`.
 
-    `records` (N,) are the rows' record indices; `stats` the standardisation
-    applied on read (None: none); `zeroed` (N,) rows that read as zeros (a
-    modality marked missing by cleaning). Indexing (`x[rows]`, `x[a:b]`)
-    returns a new numpy array; `np.asarray(x)` reads everything.
+    `records` (N,) are the rows' record indices. A read turns the records'
+    `key` values into rows, in this order: with `fit`, each record is cut or
+    zero-padded along its first axis to `sample_shape` (variable-length
+    sequences); stacked and cast to float32; passed through `transform` (the
+    loader's own elementwise scaling, float32 in and out; None: none);
+    standardised with `stats` (None: not); and set to zero in the rows
+    `zeroed` (N,) marks (a modality marked missing by cleaning). Indexing
+    (`x[rows]`, `x[a:b]`) returns a new numpy array; `np.asarray(x)` reads
+    everything.
     """
 
     reader: RecordReader
     key: str
     records: np.ndarray
     sample_shape: tuple[int, ...]
+    fit: bool = False
+    transform: Callable[[np.ndarray], np.ndarray] | None = None
     stats: dict[str, np.ndarray] | None = None
     zeroed: np.ndarray | None = None
 
@@ -131,20 +182,20 @@ class StreamedArray:
         if rows.dtype == np.bool_:
             rows = np.flatnonzero(rows)
         examples = self.reader.read(self.records[rows])
-        if examples:
-            raw = np.stack([np.asarray(ex[self.key]) for ex in examples])
-        else:
-            raw = np.zeros((0, *self.sample_shape), np.float32)
-        if self.stats is None:
-            x = raw.astype(np.float32)
-        else:
-            x = normalize.standardise(raw, self.stats).astype(np.float32)
+        if not examples:
+            return np.zeros((0, *self.sample_shape), np.float32)
+        x = stack(examples, self.key, self.sample_shape if self.fit else None)
+        x = x.astype(np.float32)
+        if self.transform is not None:
+            x = self.transform(x)
+        if self.stats is not None:
+            x = normalize.standardise(x, self.stats).astype(np.float32)
         if self.zeroed is not None:
             x[self.zeroed[rows]] = 0
         return x
 
-    def take(self, rows: np.ndarray) -> StreamedArray:
-        """The rows `rows` (indices or a bool mask), still streamed."""
+    def take(self, rows: np.ndarray | slice) -> StreamedArray:
+        """The rows `rows` (indices, a slice or a bool mask), still streamed."""
         zeroed = None if self.zeroed is None else self.zeroed[rows]
         return dataclasses.replace(self, records=self.records[rows], zeroed=zeroed)
 
@@ -170,6 +221,44 @@ def is_streamed(dataset: Dataset) -> bool:
         for split in (dataset.train, dataset.validation, dataset.test)
         for x in split.inputs.values()
     )
+
+
+def read_split(
+    builder, split: str, inputs: dict[str, tuple[int, ...]], fields: Sequence[str] = (), *,
+    streaming: bool, fit: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """tfds split `split` of `builder`: its `inputs` {key: per-sample shape}, float32, and
+    its `fields` (labels, ids: read in memory either way), by key.
+
+    `streaming`: the inputs are `StreamedArray`s over every record (nothing read
+    yet) and the fields are read in one chunked pass; else everything is read
+    into numpy in one chunked pass. With `fit`, each input record is cut or
+    zero-padded along its first axis to its shape (`fit_steps`), on both paths.
+    """
+    from robult_jax.data import tfds_io  # tensorflow-datasets: ~1 s to import
+
+    if not streaming:
+        shapes = inputs if fit else None
+        arrays = tfds_io.read_split(builder, split, (*inputs, *fields), shapes)
+        return {
+            k: x.astype(np.float32, copy=False) if k in inputs else x for k, x in arrays.items()
+        }
+    reader = RecordReader(builder.as_data_source(split))
+    records = np.arange(len(reader), dtype=np.int64)
+    streamed = {k: StreamedArray(reader, k, records, s, fit=fit) for k, s in inputs.items()}
+    return {**streamed, **read_records(reader.read, len(reader), fields)}
+
+
+def transformed(x, fn: Callable[[np.ndarray], np.ndarray]):
+    """`fn(x)` of a float32 numpy array; a streamed one applies `fn` as it reads."""
+    return dataclasses.replace(x, transform=fn) if isinstance(x, StreamedArray) else fn(x)
+
+
+def standardised(x, stats: normalize.Stats):
+    """(x - mean) / std as float32; a streamed array standardises as it reads."""
+    if isinstance(x, StreamedArray):
+        return dataclasses.replace(x, stats=stats)
+    return normalize.standardise(x, stats).astype(np.float32)
 
 
 def _chunks(x, size: int | None = None) -> Iterator[np.ndarray]:
@@ -215,6 +304,28 @@ def fit_stats(x_NxS, present_N: np.ndarray, kind: str) -> normalize.Stats:
     return {"mean": mean, "std": std}
 
 
+def standardised_dataset(
+    spec: DatasetSpec, train: Split, validation: Split, test: Split
+) -> Dataset:
+    """The Dataset of three splits, each modality standardised with `train`'s statistics only.
+
+    Statistics by `fit_stats` over the training rows whose values are finite (a
+    NaN, a missing value, would make every row NaN), recorded in `input_stats`
+    for `robult_jax.predict`; numpy and streamed splits alike.
+    """
+    kinds = {m.name: m.kind for m in spec.modalities}
+    stats = {
+        name: fit_stats(x, ~clean.nonfinite_rows_of(x), kinds[name])
+        for name, x in train.inputs.items()
+    }
+
+    def apply(split: Split) -> Split:
+        inputs = {name: standardised(x, stats[name]) for name, x in split.inputs.items()}
+        return Split(inputs=inputs, labels=split.labels, mask=split.mask)
+
+    return Dataset(spec, apply(train), apply(validation), apply(test), input_stats=stats)
+
+
 # ---------------------------------------------------------------------------
 # data.name = "tfds": any array_record tfds dataset directory.
 
@@ -226,21 +337,9 @@ def _field(data_config: Any, name: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _labels(reader: RecordReader, key: str) -> np.ndarray:
-    """(N,) int32 labels of every record: one chunked pass (tfds decodes whole records)."""
-    n = len(reader)
-    parts = [
-        np.asarray([ex[key] for ex in reader.read(np.arange(s, min(n, s + CHUNK)))], np.int32)
-        for s in range(0, n, CHUNK)
-    ]
-    return np.concatenate(parts)
-
-
 def load_tfds(data_config: Any) -> Dataset:
     """A dataset from a tfds array_record directory, streamed or in memory (module docstring)."""
     import tensorflow_datasets as tfds
-
-    from robult_jax.data import tfds_io
 
     path = _field(data_config, "tfds_dir", "")
     if not path:
@@ -263,42 +362,13 @@ def load_tfds(data_config: Any) -> Dataset:
         num_outputs=features[label].num_classes,
         class_names=tuple(features[label].names),
     )
-    splits = {
-        s: _field(data_config, f"{s}_split", s) for s in ("train", "validation", "test")
-    }  # fmt: skip
-    streaming = bool(_field(data_config, "streaming", False))
-    if streaming:
-        raw = {}
-        for s, tfds_split in splits.items():
-            reader = RecordReader(builder.as_data_source(tfds_split))
-            records = np.arange(len(reader), dtype=np.int64)
-            inputs = {n: StreamedArray(reader, n, records, shapes[n]) for n in names}
-            raw[s] = (inputs, _labels(reader, label))
-    else:
-        raw = {}
-        for s, tfds_split in splits.items():
-            arrays = tfds_io.read_split(builder, tfds_split, (*names, label))
-            inputs = {n: arrays[n].astype(np.float32) for n in names}
-            raw[s] = (inputs, arrays[label].astype(np.int32))
-    stats = None
+    streaming = enabled(data_config)
+    splits = {}
+    for s in ("train", "validation", "test"):
+        arrays = read_split(
+            builder, _field(data_config, f"{s}_split", s), shapes, (label,), streaming=streaming
+        )
+        splits[s] = Split.complete({n: arrays[n] for n in names}, arrays[label].astype(np.int32))
     if _field(data_config, "standardize", True):
-        kinds = {m.name: m.kind for m in spec.modalities}
-        train_inputs = raw["train"][0]
-        # Fitted on finite rows only: a NaN (a missing value) would make every row NaN.
-        stats = {
-            n: fit_stats(train_inputs[n], ~clean.nonfinite_rows_of(train_inputs[n]), kinds[n])
-            for n in names
-        }
-
-    def split(s: str) -> Split:
-        inputs, labels = raw[s]
-        if stats is not None:
-            inputs = {
-                n: dataclasses.replace(x, stats=stats[n])
-                if streaming
-                else normalize.standardise(x, stats[n]).astype(np.float32)
-                for n, x in inputs.items()
-            }
-        return Split.complete(inputs, labels)
-
-    return Dataset(spec, split("train"), split("validation"), split("test"), input_stats=stats)
+        return standardised_dataset(spec, **splits)
+    return Dataset(spec, **splits)

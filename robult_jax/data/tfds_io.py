@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import numpy as np
 import tensorflow_datasets as tfds
 
+from robult_jax.data import stream
+
 
 class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """A builder writing array_record, in generation order, described by its module docstring.
@@ -134,17 +136,17 @@ def prepare(
 
 
 def read_split(
-    builder: tfds.core.DatasetBuilder, split: str, keys: Sequence[str]
+    builder: tfds.core.DatasetBuilder,
+    split: str,
+    keys: Sequence[str],
+    shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every example of `split` as stacked numpy arrays, one per key."""
-    source = builder.as_data_source(split)
-    n = len(source)  # > 0: tfds refuses to write an empty split
-    # Batched reads in chunks: one call per example costs a Python round trip
-    # each, one call for everything would hold every decoded dict at once.
-    chunk = 4096
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-    for start in range(0, n, chunk):
-        examples = source.__getitems__(list(range(start, min(n, start + chunk))))
-        for k in keys:
-            parts[k].append(np.stack([np.asarray(ex[k]) for ex in examples]))
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    """Every example of `split` as stacked numpy arrays, one per key.
+
+    `shapes` {key: per-sample shape}: those keys' records are cut or zero-padded
+    along their first axis to it (variable-length sequences; `stream.fit_steps`).
+    """
+    source = builder.as_data_source(split)  # > 0 records: tfds refuses to write an empty split
+    return stream.read_records(
+        lambda records: source.__getitems__(records.tolist()), len(source), keys, shapes
+    )

@@ -11,16 +11,19 @@ without TensorFlow. Splits are by subject, never by window, because windows
 of one recording overlap: "train" = subjects 1-7, "test" = subjects 8-10.
 
 `load_watch` builds once into the cache directory, then loads every window
-into numpy, holds subject `data.val_subject` out of train as the validation
-split, and standardises each channel with mean / std fitted on the remaining
-training windows only (so no validation or test statistics leak in); the
-statistics are kept in `Dataset.input_stats` for `robult_jax.predict`.
+into numpy (or streams them, `data.streaming`), holds subject
+`data.val_subject` out of train as the validation split, and standardises
+each channel with mean / std fitted on the remaining training windows only (so
+no validation or test statistics leak in); the statistics are kept in
+`Dataset.input_stats` for `robult_jax.predict`.
 
 Data config fields read:
   data_dir:    cache directory (see `registry.resolve_data_dir`).
   val_subject: training subject held out for validation, 1..7 (default 7).
   source_path: optional explicit path to a watch_dataset.npy (default None:
                found inside the installed seglearn package).
+  streaming:   True: windows read from the cache on demand, labels and subjects
+               in memory (`robult_jax.data.stream`); default False.
 """
 
 from __future__ import annotations
@@ -33,8 +36,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from robult_jax.data import tfds_io
-from robult_jax.data.normalize import standardised_dataset
+from robult_jax.data import clean, stream, tfds_io
 from robult_jax.data.registry import resolve_data_dir
 from robult_jax.data.types import Dataset, DatasetSpec, ModalitySpec, Split
 
@@ -166,8 +168,8 @@ def build_watch(data_dir: str, source_path: str | None = None) -> RobultWatch:
     )
 
 
-def _to_split(arrays: dict[str, np.ndarray], rows: np.ndarray) -> Split:
-    inputs = {name: arrays[name][rows].astype(np.float32) for name in MODALITIES}
+def _to_split(arrays: dict[str, Any], rows: np.ndarray) -> Split:
+    inputs = {name: clean.take_rows(arrays[name], rows) for name in MODALITIES}
     # The watch recordings are complete: every modality is present.
     return Split.complete(inputs, arrays["label"][rows].astype(np.int32))
 
@@ -183,8 +185,13 @@ def load_watch(data_config: Any, *, source_path: str | None = None) -> Dataset:
     source_path = source_path or getattr(data_config, "source_path", None) or None
     builder = build_watch(resolve_data_dir(data_config), source_path)
 
-    keys = (*MODALITIES, "label", "subject")
-    train_all, test_all = (tfds_io.read_split(builder, s, keys) for s in ("train", "test"))
+    shapes = {name: (WINDOW, 3) for name in MODALITIES}
+    train_all, test_all = (
+        stream.read_split(
+            builder, s, shapes, ("label", "subject"), streaming=stream.enabled(data_config)
+        )
+        for s in ("train", "test")
+    )
     is_val = train_all["subject"] == val_subject
     train = _to_split(train_all, np.flatnonzero(~is_val))
     validation = _to_split(train_all, np.flatnonzero(is_val))
@@ -192,4 +199,4 @@ def load_watch(data_config: Any, *, source_path: str | None = None) -> Dataset:
 
     if len(train) == 0:
         raise ValueError(f"No training windows left after holding out subject {val_subject}.")
-    return standardised_dataset(WATCH_SPEC, train, validation, test)  # train statistics only
+    return stream.standardised_dataset(WATCH_SPEC, train, validation, test)  # train statistics only

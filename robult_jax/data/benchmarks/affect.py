@@ -24,9 +24,10 @@ MultiBench's loader steps once, in order, per split:
      non-zero, then re-pad on the RIGHT and append a validity channel (1.0 at
      valid steps, 0.0 at padding), so each modality becomes (T, D + 1),
      kind "sequence".
-`load_affect` then cuts or zero-pads the time axis to `data.seq_len` (the
-first steps are kept, like MultiBench's max_pad). Labels: float32 (N,)
-sentiment in [-3, 3], task "regression" (Acc-2 etc. are derived from it).
+`load_affect` then cuts or zero-pads the time axis of each sample to
+`data.seq_len` (the first steps are kept, like MultiBench's max_pad). Labels:
+float32 (N,) sentiment in [-3, 3], task "regression" (Acc-2 etc. are derived
+from it).
 
 Data config fields read:
   name:       "mosi" or "mosei".
@@ -34,6 +35,9 @@ Data config fields read:
   pickle:     file name inside manual_dir (default: mosi_data.pkl / mosei_senti_data.pkl).
   seq_len:    time steps kept (default 50).
   data_dir:   tfds cache directory (see `registry.resolve_data_dir`).
+  streaming:  True: the sequences read from the cache on demand (each cut or
+              padded to seq_len as it is read), labels in memory
+              (`robult_jax.data.stream`); default False.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from robult_jax.data import tfds_io
+from robult_jax.data import stream
 from robult_jax.data.benchmarks import common
 from robult_jax.data.registry import resolve_data_dir
 from robult_jax.data.types import Dataset, DatasetSpec, ModalitySpec, Split
@@ -254,15 +258,6 @@ def _read(path: str, dataset: str) -> tuple[dict[str, dict[str, np.ndarray]], di
     return source, {"variant": variant, "dims": dims}
 
 
-def _to_split(arrays: dict[str, np.ndarray], seq_len: int) -> Split:
-    inputs = {}
-    for m in MODALITIES:
-        # The first seq_len steps (valid steps come first after the move), zero-padded.
-        x = arrays[m][:, :seq_len]
-        inputs[m] = np.pad(x, ((0, 0), (0, seq_len - x.shape[1]), (0, 0))).astype(np.float32)
-    return Split.complete(inputs, arrays["label"].astype(np.float32))  # aligned: all present
-
-
 def load_affect(data_config: Any, dataset: str | None = None) -> Dataset:
     """Builds (once) and loads CMU-MOSI or CMU-MOSEI (`dataset`, default data.name)."""
     dataset = dataset or getattr(data_config, "name", None)
@@ -277,18 +272,22 @@ def load_affect(data_config: Any, dataset: str | None = None) -> Dataset:
         raise ValueError(f"data.seq_len is {seq_len!r}; it must be a positive integer (e.g. 50).")
     builder = build_affect(resolve_data_dir(data_config), manual_dir, dataset, pickle_name)
     dims = list(builder.info.metadata["dims"])
-    keys = (*MODALITIES, "label")
-    splits = {s: tfds_io.read_split(builder, s, keys) for s in SPLITS.values()}
+    shapes = {m: (seq_len, d + 1) for m, d in zip(MODALITIES, dims, strict=True)}
     spec = DatasetSpec(
         name=dataset,
-        modalities=tuple(
-            ModalitySpec(m, (seq_len, d + 1), "sequence")
-            for m, d in zip(MODALITIES, dims, strict=True)
-        ),
+        modalities=tuple(ModalitySpec(m, shapes[m], "sequence") for m in MODALITIES),
         task="regression",
         num_outputs=1,
     )
-    return Dataset(spec=spec, **{s: _to_split(a, seq_len) for s, a in splits.items()})
+    splits = {}
+    for s in SPLITS.values():
+        # fit: the first seq_len steps of each sample (valid steps come first), zero-padded.
+        arrays = stream.read_split(
+            builder, s, shapes, ("label",), streaming=stream.enabled(data_config), fit=True
+        )
+        inputs = {m: arrays[m] for m in MODALITIES}
+        splits[s] = Split.complete(inputs, arrays["label"].astype(np.float32))  # aligned
+    return Dataset(spec=spec, **splits)
 
 
 def load_mosi(data_config: Any) -> Dataset:

@@ -25,6 +25,9 @@ Data config fields read:
   manual_dir: folder holding `avmnist/` (required).
   data_dir:   tfds cache directory (see `registry.resolve_data_dir`).
   val_rows:   the last k train rows form the validation split (default 5000).
+  streaming:  True: images and spectrograms read from the cache on demand (and
+              divided by 255 as they are read), labels in memory
+              (`robult_jax.data.stream`); default False.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from robult_jax.data import tfds_io
+from robult_jax.data import clean, stream
 from robult_jax.data.benchmarks import common
 from robult_jax.data.registry import resolve_data_dir
 from robult_jax.data.types import Dataset, DatasetSpec, ModalitySpec, Split
@@ -45,6 +48,7 @@ NAME = "avmnist"
 CLASS_NAMES = tuple(str(d) for d in range(10))
 IMAGE_SHAPE = (28, 28)
 AUDIO_SHAPE = (112, 112)
+SHAPES = {"image": IMAGE_SHAPE, "audio": AUDIO_SHAPE}  # modality -> per-sample shape
 DEFAULT_VAL_ROWS = 5000
 SOURCE = (
     "MultiBench README (github.com/pliang279/MultiBench), avmnist.tar.gz (Google Drive file "
@@ -176,18 +180,19 @@ def build_avmnist(data_dir: str, manual_dir: str) -> RobultAvmnist:
     )
 
 
-def _to_split(arrays: dict[str, np.ndarray], rows: slice) -> Split:
-    # MultiBench's loader divides both modalities by 255 (no mean/std scaling).
-    inputs = {
-        "image": (arrays["image"][rows] / np.float32(255.0)).astype(np.float32),
-        "audio": (arrays["audio"][rows].astype(np.float32) / np.float32(255.0)),
-    }
+def _scale(x: np.ndarray) -> np.ndarray:
+    """MultiBench's loader divides both modalities by 255 (no mean/std scaling)."""
+    return x / np.float32(255.0)  # float32 in and out
+
+
+def _to_split(arrays: dict[str, Any], rows: slice) -> Split:
+    inputs = {k: stream.transformed(clean.take_rows(arrays[k], rows), _scale) for k in SHAPES}
     # Both modalities are always present.
     return Split.complete(inputs, arrays["label"][rows].astype(np.int32))
 
 
 def load_avmnist(data_config: Any) -> Dataset:
-    """Builds (once) and loads AV-MNIST as numpy train/validation/test."""
+    """Builds (once) and loads AV-MNIST as numpy (or streamed) train/validation/test."""
     manual_dir = common.require_manual_dir(
         data_config, dataset=NAME, example="/path/to/folder/containing/avmnist"
     )
@@ -198,9 +203,10 @@ def load_avmnist(data_config: Any) -> Dataset:
             f"rows become validation; MultiBench uses 5000)."
         )
     builder = build_avmnist(resolve_data_dir(data_config), manual_dir)
-    keys = ("image", "audio", "label")
-    train_all = tfds_io.read_split(builder, "train", keys)
-    test_all = tfds_io.read_split(builder, "test", keys)
+    train_all, test_all = (
+        stream.read_split(builder, s, SHAPES, ("label",), streaming=stream.enabled(data_config))
+        for s in ("train", "test")
+    )
     n_train = len(train_all["label"])
     if val_rows >= n_train:
         raise ValueError(

@@ -27,6 +27,9 @@ Data config fields read:
   data_dir:   tfds cache directory (see `registry.resolve_data_dir`).
   train_end:  first validation row (0 or unset: from the file's split attribute).
   val_end:    first test row (0 or unset: from the file's split attribute).
+  streaming:  True: text and image read from the cache on demand; the genres and
+              the masks (a chunked NaN/inf scan) in memory (`robult_jax.data.stream`).
+              Default False.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import h5py
 import numpy as np
 import tensorflow_datasets as tfds
 
-from robult_jax.data import tfds_io
+from robult_jax.data import clean, stream
 from robult_jax.data.benchmarks import common
 from robult_jax.data.registry import resolve_data_dir
 from robult_jax.data.types import Dataset, DatasetSpec, ModalitySpec, Split
@@ -216,12 +219,12 @@ def split_boundaries(data_config: Any, file_split: list[int], n: int) -> tuple[i
     return train_end, val_end
 
 
-def _to_split(arrays: dict[str, np.ndarray], rows: slice, split_name: str) -> Split:
+def _to_split(arrays: dict[str, Any], rows: slice, split_name: str) -> Split:
     inputs, present = {}, []
     for name in MODALITY_KEYS.values():
-        x = arrays[name][rows]
-        ok = np.isfinite(x).all(axis=1)  # NaN/inf row: this modality is missing
-        inputs[name] = np.where(ok[:, None], x, 0.0).astype(np.float32)
+        x = clean.take_rows(arrays[name], rows)
+        ok = ~clean.nonfinite_rows_of(x)  # NaN/inf row: this modality is missing
+        inputs[name] = clean.zero_rows(x, ~ok)
         present.append(ok)
     mask = np.stack(present, axis=1)
     labels = arrays["genres"][rows].astype(np.float32)
@@ -231,19 +234,22 @@ def _to_split(arrays: dict[str, np.ndarray], rows: slice, split_name: str) -> Sp
     keep = mask.any(axis=1)
     if not keep.all():
         log.warning("mmimdb %s: dropped %d rows with no usable modality", split_name, (~keep).sum())
-        inputs = {k: v[keep] for k, v in inputs.items()}
+        inputs = {k: clean.take_rows(v, keep) for k, v in inputs.items()}
         labels, mask = labels[keep], mask[keep]
     return Split(inputs=inputs, labels=labels, mask=mask)
 
 
 def load_mmimdb(data_config: Any) -> Dataset:
-    """Builds (once) and loads MM-IMDb as numpy train/validation/test."""
+    """Builds (once) and loads MM-IMDb as numpy (or streamed) train/validation/test."""
     manual_dir = common.require_manual_dir(
         data_config, dataset=NAME, example=f"/path/to/folder/containing/{FILENAME}"
     )
     builder = build_mmimdb(resolve_data_dir(data_config), manual_dir)
     class_names = tuple(builder.info.metadata["class_names"])
-    arrays = tfds_io.read_split(builder, "full", ("text", "image", "genres"))
+    shapes = {"text": (TEXT_DIM,), "image": (IMAGE_DIM,)}
+    arrays = stream.read_split(
+        builder, "full", shapes, ("genres",), streaming=stream.enabled(data_config)
+    )
     n = len(arrays["genres"])
     train_end, val_end = split_boundaries(data_config, builder.info.metadata["file_split"], n)
     spec = DatasetSpec(
