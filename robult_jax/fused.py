@@ -58,9 +58,23 @@ def _gelu_grad(a_RxF: jax.Array) -> jax.Array:
     return 0.5 * (1.0 + t) + 0.5 * a_RxF * (1.0 - jnp.square(t)) * du
 
 
-@jax.custom_vjp
 def layer_norm_gelu(x_RxF: jax.Array, scale_F: jax.Array, bias_F: jax.Array) -> jax.Array:
-    """gelu(LayerNorm(x) * scale + bias) over the last axis, in x's dtype (module docstring)."""
+    """gelu(LayerNorm(x) * scale + bias) over the last axis, in x's dtype (module docstring).
+
+    Under `jax.shard_map` the rows vary across devices while the parameters are
+    the same on all of them; the parameters are cast to x's varying axes first,
+    so that autodiff sums their per-device gradients (`pcast`'s transpose is a
+    psum), as it does for flax's LayerNorm.
+    """
+    manual = getattr(jax.typeof(x_RxF), "manual_axis_type", None)
+    axes = tuple(sorted(manual.varying)) if manual is not None else ()
+    if axes:
+        scale_F, bias_F = (jax.lax.pcast(p, axes, to="varying") for p in (scale_F, bias_F))
+    return _layer_norm_gelu(x_RxF, scale_F, bias_F)
+
+
+@jax.custom_vjp
+def _layer_norm_gelu(x_RxF: jax.Array, scale_F: jax.Array, bias_F: jax.Array) -> jax.Array:
     return _forward(x_RxF, scale_F, bias_F)[0]
 
 
@@ -92,7 +106,7 @@ def _backward(residuals, g_RxF):
     return d_x.astype(x_RxF.dtype), d_scale_F.astype(scale_F.dtype), d_bias_F.astype(bias_F.dtype)
 
 
-layer_norm_gelu.defvjp(_forward, _backward)
+_layer_norm_gelu.defvjp(_forward, _backward)
 
 
 class LayerNormGelu(nn.Module):

@@ -92,3 +92,29 @@ def test_conv_encoder_keeps_its_parameters_and_outputs():
     np.testing.assert_allclose(
         ours.apply(params, x), _FlaxConvEncoder().apply(params, x), rtol=1e-6, atol=1e-6
     )
+
+
+def test_gradients_under_shard_map_equal_the_global_ones():
+    """Rows split over devices, parameters replicated: the parameters' gradients are
+    the sums over every device's rows, as autodiff of flax's LayerNorm gives them."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.make_mesh((len(jax.devices()),), ("data",))
+    x, scale, bias = _inputs((4 * len(jax.devices()), 6))
+
+    def loss(x, scale, bias):
+        return jnp.sum(jnp.sin(fused.layer_norm_gelu(x, scale, bias)))
+
+    def per_device(x, scale, bias):
+        grads = jax.grad(lambda s, b: loss(x, s, b), argnums=(0, 1))(scale, bias)
+        return grads, jax.grad(loss)(x, scale, bias)
+
+    mapped = jax.shard_map(
+        per_device, mesh=mesh, in_specs=(P("data"), P(), P()), out_specs=((P(), P()), P("data"))
+    )
+    x_sharded = jax.device_put(x, NamedSharding(mesh, P("data")))
+    (d_scale, d_bias), d_x = jax.jit(mapped)(x_sharded, scale, bias)
+    want = jax.grad(loss, argnums=(0, 1, 2))(x, scale, bias)
+    for got, expected in zip((d_x, d_scale, d_bias), want, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
