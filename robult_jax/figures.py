@@ -14,7 +14,7 @@ import os
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from robult_jax import report
+from robult_jax import aggregate
 from robult_jax.files import atomic_write
 
 
@@ -58,15 +58,15 @@ def fmt(x: Any) -> str:
 def title(runs: Sequence[Mapping[str, Any]], method: str | None = None) -> str:
     """'dataset (variant) | label rate r | seeds s | split' of the runs drawn."""
     dataset = str(runs[0].get("dataset", "?"))
-    variants = [v for v in report._flat(r.get("variant") for r in runs) if v != dataset]
+    variants = [v for v in aggregate.flat(r.get("variant") for r in runs) if v != dataset]
     name = dataset + "".join(f" ({v})" for v in variants)
     parts = [f"{method}: {name}" if method else name]
     parts.append(
-        "label rate " + ", ".join(fmt(x) for x in report._flat(r.get("label_rate") for r in runs))
+        "label rate " + ", ".join(fmt(x) for x in aggregate.flat(r.get("label_rate") for r in runs))
     )
-    seeds = report._flat(r.get("seed") for r in runs)
+    seeds = aggregate.flat(r.get("seed") for r in runs)
     parts.append(("seed " if len(seeds) == 1 else "seeds ") + ",".join(map(fmt, seeds)))
-    splits = report._flat(r.get("split") for r in runs)
+    splits = aggregate.flat(r.get("split") for r in runs)
     return " | ".join(parts + ([f"{'/'.join(splits)} split"] if splits else []))
 
 
@@ -90,7 +90,7 @@ def _set_value_axis(set_lim, metric: str) -> str:
 
     Why fixed: limits fitted to the data make a 0.01 gap fill the plot.
     """
-    if metric in report._UNIT_METRICS:
+    if metric in aggregate.UNIT_METRICS:
         set_lim(0.0, 1.0)
         return f"{metric} axis: full range 0 to 1"
     if metric == "pearson":
@@ -106,9 +106,9 @@ def _plot_rate_curves(ax, sections: Mapping[str, Mapping[str, Any]], metric: str
     """One line per label of `metric` vs missing rate; False if no section has `metric`."""
     drawn = False
     for label, section in sections.items():
-        points = [(r, k) for r, k in report._sorted_rates(section) if metric in section[k]]
+        points = [(r, k) for r, k in aggregate.sorted_rates(section) if metric in section[k]]
         if points:
-            means, errors = report._means_and_errors(section[k][metric] for _, k in points)
+            means, errors = aggregate.means_and_errors(section[k][metric] for _, k in points)
             xs = [r for r, _ in points]
             ax.errorbar(xs, means, yerr=errors, marker="o", capsize=3, label=label)
             drawn = True
@@ -125,7 +125,7 @@ def results_figure(results: Mapping[str, Any], metric: str):
         ax.text(0.5, 0.5, f"no {metric} under random missingness", ha="center", va="center")
     names = [n for n in subsets if metric in subsets[n]]
     if names:
-        means, errors = report._means_and_errors(subsets[n][metric] for n in names)
+        means, errors = aggregate.means_and_errors(subsets[n][metric] for n in names)
         bar_ax.barh(range(len(names)), means, xerr=errors, capsize=2)
         bar_ax.set_yticks(range(len(names)), names, fontsize=7)
         bar_ax.invert_yaxis()
@@ -147,7 +147,7 @@ def _legend(method: str, agg: Mapping[str, Any]) -> str:
 
 def comparison_figure(runs_by_method, metric: str, what: str):
     """`what` = "rates": metric vs missing rate, a line per method; "subsets": grouped bars."""
-    aggs = {m: report.aggregate_runs(runs) for m, runs in runs_by_method.items()}
+    aggs = {m: aggregate.aggregate_runs(runs) for m, runs in runs_by_method.items()}
     subsets = list(dict.fromkeys(s for a in aggs.values() for s in a["subsets"]))
     if what == "rates":
         fig, (ax,) = _new_figure(6.5, 4.8)
@@ -164,7 +164,7 @@ def comparison_figure(runs_by_method, metric: str, what: str):
             ]
             if not present:
                 continue
-            means, errors = report._means_and_errors(v for _, v in present)
+            means, errors = aggregate.means_and_errors(v for _, v in present)
             xs = [j + (i - (k - 1) / 2) * width for j, _ in present]
             ax.bar(xs, means, width, yerr=errors, capsize=2, label=_legend(method, agg))
         many = len(subsets) > 6
