@@ -30,7 +30,8 @@ import json
 import os
 import sys
 
-from robult_jax import checkpointing, configs, files, interrupts, report
+from robult_jax import configs, files, interrupts, report
+from robult_jax import workdir as workdir_lib
 
 
 def load_config(dataset: str, method: str):
@@ -70,7 +71,7 @@ def apply_override(config, assignment: str) -> None:
 
 def config_key(config) -> str:
     """12 hex digits of the sha256 of the full config (JSON, sorted keys)."""
-    text = json.dumps(checkpointing.config_to_dict(config), sort_keys=True)
+    text = json.dumps(workdir_lib.config_to_dict(config), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -27,7 +27,8 @@ import time
 import jax
 from absl import logging
 
-from robult_jax import checkpointing, files
+from robult_jax import files
+from robult_jax import workdir as workdir_lib
 
 # tensorboardX writes events from a background thread and flushes them to disk
 # every `_FLUSH_SECS`: a live TensorBoard lags by at most that, and a killed run
@@ -96,7 +97,7 @@ class MetricWriter:
             return
         from tensorboardX.summary import hparams
 
-        flat = {k: _hparam_value(v) for k, v in checkpointing.flatten(config_dict).items()}
+        flat = {k: _hparam_value(v) for k, v in workdir_lib.flatten(config_dict).items()}
         rows = "".join(f"| `{k}` | {str(v).replace('|', '&#124;')} |\n" for k, v in flat.items())
         self._tb.add_text("config", "| field | value |\n|---|---|\n" + rows, 0)
         # Session start info alone: TensorBoard lists this run under HPARAMS with

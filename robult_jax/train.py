@@ -33,6 +33,7 @@ from robult_jax import (
 from robult_jax import config as config_lib
 from robult_jax import data as data_lib
 from robult_jax import masks as masks_lib
+from robult_jax import workdir as workdir_lib
 from robult_jax.data import load_dataset, pipeline, sampler
 from robult_jax.metric_writer import MetricWriter, Progress
 
@@ -190,8 +191,8 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, *, pause_at_step
     task = tasks.get(spec.task)
     record = data_record(dataset)
     # Read-only checks first: a mismatch must leave the workdir as it was.
-    checkpointing.check_workdir_config(workdir, config)
-    checkpointing.check_workdir_data(workdir, record)
+    workdir_lib.check_workdir_config(workdir, config)
+    workdir_lib.check_workdir_data(workdir, record)
     labeled_idx, new_split = _label_split(cfg.sampling, dataset, workdir, record)
 
     mesh = parallel.make_mesh(devices)
@@ -215,8 +216,8 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, *, pause_at_step
     # An attempt killed after an evaluation left best candidates and metrics rows
     # of steps this run replays; the replay writes them again, identically.
     ckpt.discard_best_after(start_step)
-    checkpointing.write_workdir_config(workdir, config)
-    checkpointing.write_workdir_data(workdir, record)
+    workdir_lib.write_workdir_config(workdir, config)
+    workdir_lib.write_workdir_data(workdir, record)
     if jax.process_index() == 0:
         if new_split:
             sampler.save_label_split(
@@ -229,7 +230,7 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, *, pause_at_step
             )
         write_dataset_artifacts(workdir, dataset)
     writer = MetricWriter(workdir, resume_step=start_step, tensorboard=cfg.train.tensorboard)
-    writer.write_hparams(checkpointing.config_to_dict(config))
+    writer.write_hparams(workdir_lib.config_to_dict(config))
 
     schedule = objective.make_schedule(cfg.optim, num_steps)
     train_step = parallel.jit_train_step(  # keeps the state's placement (out_shardings)
@@ -387,7 +388,7 @@ def _final_evaluation(cfg, config, dataset, task, predict, params, eval_kw, mask
         "mask_hashes": hashes,
         "subset_mask_hash": masks_lib.mask_hash(masks_lib.all_subsets(len(spec.modalities))),
         "commit": provenance.git_commit(),
-        "config": checkpointing.config_to_dict(config),
+        "config": workdir_lib.config_to_dict(config),
         "excluded_rows": {k: v for k, v in excluded.items() if v},
         "subsets": subsets,
         "random_missing": random_missing,

@@ -22,7 +22,8 @@ import pytest
 from etils import epath
 
 import robult_jax
-from robult_jax import checkpointing, compare, files, masks, metric_writer, predict, report, train
+from robult_jax import compare, files, masks, metric_writer, predict, report, train
+from robult_jax import workdir as workdir_lib
 from robult_jax.data import load_dataset, sampler
 
 KINDS = ("str", "pathlib", "epath", "fake")
@@ -165,13 +166,13 @@ def test_masks_label_split_results_and_config_every_path_kind(kind, tmp_path):
     assert idx.tolist() == [3, 1]
 
     config = helpers.raw_config()
-    checkpointing.write_workdir_config(workdir, config)
-    checkpointing.check_workdir_config(workdir, config)  # the same: no error
+    workdir_lib.write_workdir_config(workdir, config)
+    workdir_lib.check_workdir_config(workdir, config)  # the same: no error
     with pytest.raises(ValueError, match="different config"):
-        checkpointing.check_workdir_config(workdir, helpers.raw_config(seed=1))
-    checkpointing.write_workdir_data(workdir, {"name": "d", "variant": "", "fingerprint": "f"})
+        workdir_lib.check_workdir_config(workdir, helpers.raw_config(seed=1))
+    workdir_lib.write_workdir_data(workdir, {"name": "d", "variant": "", "fingerprint": "f"})
     with pytest.raises(ValueError, match="other data"):
-        checkpointing.check_workdir_data(workdir, {"name": "d", "variant": "", "fingerprint": "g"})
+        workdir_lib.check_workdir_data(workdir, {"name": "d", "variant": "", "fingerprint": "g"})
 
     results = {
         "dataset": "d",

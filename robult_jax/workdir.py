@@ -1,0 +1,118 @@
+"""What a workdir records about the run that owns it, and the checks that keep it its own.
+
+  config.json  the run's config; a later run in the same workdir must have the
+               same one, except for `RESUMABLE_FIELDS` (`check_workdir_config`)
+  data.json    the data it was trained on: dataset, variant, content
+               fingerprint (`check_workdir_data`)
+
+So a typo in `--workdir` or a changed data file cannot mix two experiments:
+the run stops with a message instead of resuming another run's checkpoints
+(`robult_jax.checkpointing`). Both files are written with `files.atomic_write`.
+"""
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from robult_jax import files
+
+# Fields that may change between a run and its resumption: they change how
+# often things happen or how the result is evaluated, not what is trained.
+# Not train.num_steps: the learning-rate schedule depends on it, so a run
+# extended from 600 to 1000 steps would differ from a fresh 1000-step run.
+RESUMABLE_FIELDS = (
+    "train.log_every",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.progress_bar",
+    "train.tensorboard",
+    "train.prefetch",
+    "parallel.",  # checkpoints move between device counts and step forms
+    "data.data_dir",
+    "data.streaming",  # the same rows, read from disk on demand or held in memory
+    "eval.",
+)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (tuples as lists, as in config.json)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+def check_workdir_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
+    """Raises if `workdir` belongs to a run with a different experiment config."""
+    path = files.as_path(workdir) / "config.json"
+    if not path.exists():
+        return
+    saved = flatten(json.loads(path.read_text()))
+    current = flatten(config_to_dict(config))
+    diffs = [
+        f"  {k}: saved {saved.get(k)!r}, now {current.get(k)!r}"
+        for k in sorted(set(saved) | set(current))
+        if saved.get(k) != current.get(k) and not any(k.startswith(p) for p in RESUMABLE_FIELDS)
+    ]
+    if diffs:
+        why = ""
+        if saved.get("train.num_steps") != current.get("train.num_steps"):
+            why = (
+                "\ntrain.num_steps cannot change on resume: the learning-rate schedule depends "
+                "on it, so an extended run would not equal a fresh run of that length."
+            )
+        raise ValueError(
+            f"--workdir {workdir} holds a run with a different config, and resuming it "
+            "with this one would mix two experiments:\n"
+            + "\n".join(diffs)
+            + why
+            + "\nUse a new --workdir (nothing in the old one was changed)."
+        )
+
+
+def check_workdir_data(workdir: str | os.PathLike, record: dict) -> None:
+    """Raises if `workdir` was trained on other data (data.json: name, variant, fingerprint)."""
+    path = files.as_path(workdir) / "data.json"
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    keys = ("name", "variant", "fingerprint")
+    diffs = [
+        f"  {k}: saved {saved.get(k)!r}, now {record[k]!r}"
+        for k in keys
+        if saved.get(k) != record[k]
+    ]
+    if diffs:
+        raise ValueError(
+            f"--workdir {workdir} was trained on other data than this run loads (a data file "
+            "was changed, or the dataset was rebuilt differently):\n"
+            + "\n".join(diffs)
+            + "\nIts checkpoints and results belong to the old data: use a new --workdir, "
+            "or restore the old data (nothing in the workdir was changed)."
+        )
+
+
+def write_workdir_data(workdir: str | os.PathLike, record: dict) -> None:
+    """Records which data the run uses (process 0); written atomically."""
+    if jax.process_index() == 0:
+        text = json.dumps(record, indent=2, sort_keys=True)
+        files.atomic_write(files.as_path(workdir) / "data.json", text.encode())
+
+
+def write_workdir_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
+    """Records the run's config (once, by process 0); written atomically."""
+    if jax.process_index() == 0:
+        text = json.dumps(config_to_dict(config), indent=2, sort_keys=True)
+        files.atomic_write(files.as_path(workdir) / "config.json", text.encode())
