@@ -261,8 +261,9 @@ def contrastive_term(
     """Forward + backward of the soft PU weights and contrastive loss alone, at (B, M, P).
 
     What the objective computes for L_lb + L_ulb (objective.compute_losses):
-    `positive_weights` (B x B RBF kernel, B x B x P differences) and
-    `weighted_contrastive_loss` (M x B x B logits). Its time against the
+    `positive_weights` (B x B RBF kernel from one B x B matmul) and
+    `weighted_contrastive_loss` (M x B x B logits, in blocks of rows on CPU:
+    `robult_jax.contrastive`). Its time against the
     whole step's says how much of the step is the quadratic-in-B part.
     """
     k1, k2, k3, k4 = jax.random.split(jax.random.key(1), 4)

@@ -13,13 +13,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from robult_jax import contrastive
+
 # The modes of the PU positive weights (docs/method.md 3.2), defined here only.
 PU_MODES = ("soft", "hard", "none")
-
-# Finite stand-in for -inf on masked-out candidates: exp() of it underflows
-# to 0, while (unlike -inf) it never yields inf - inf = nan in log_softmax or
-# 0 * inf = nan in the weighted sum and its gradient.
-_MASKED_LOGIT = -1e9
 
 
 def check_shape(name: str, x: jax.Array, shape: tuple[int | None, ...], ref: str) -> None:
@@ -158,7 +155,8 @@ def weighted_contrastive_loss(
     w_BxB: jax.Array,
     mask_BxM: jax.Array,
     *,
-    temperature: float,
+    temperature: float | jax.Array,
+    row_block: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Contrastive loss between anchors s and each modality's candidates z_i, weights w.
 
@@ -177,6 +175,11 @@ def weighted_contrastive_loss(
     over the whole (global) batch: under jit with a sharded batch, XLA gathers
     the candidates.
 
+    Computed by `robult_jax.contrastive` (a hand-written backward pass; no
+    M x B x B tensor is kept): `row_block` anchor rows at a time (static;
+    default `contrastive.row_block`: blocks that stay in cache on CPU, the
+    whole batch elsewhere). Any block size gives the same loss.
+
     >>> s = jnp.array([[1.0, 0.0], [0.0, 1.0]])
     >>> loss, valid = weighted_contrastive_loss(
     ...     s, s[:, None], jnp.eye(2), jnp.ones((2, 1), bool), temperature=1.0)
@@ -194,23 +197,20 @@ def weighted_contrastive_loss(
 
     dtype = jnp.promote_types(s_BxP.dtype, jnp.float32)
     present_BxM = mask_BxM.astype(bool)
+    any_B = present_BxM.any(axis=1)
     # Sanitise absent rows first: a nan there would otherwise reach the
     # gradient of s through the matmul even though its logit is masked. Rows
-    # of s with no modality present are never anchors, so they may be garbage too.
-    z_BxMxP = jnp.where(present_BxM[..., None], z_BxMxP, 0).astype(dtype)
-    s_BxP = jnp.where(present_BxM.any(axis=1)[:, None], s_BxP, 0).astype(dtype)
-    logits_MxBxB = jnp.einsum("jp,kmp->mjk", s_BxP, z_BxMxP) / temperature
-    cand_Mx1xB = present_BxM.T[:, None, :]
-    logits_MxBxB = jnp.where(cand_Mx1xB, logits_MxBxB, _MASKED_LOGIT)
-    logsm_MxBxB = jnp.where(cand_Mx1xB, jax.nn.log_softmax(logits_MxBxB, axis=-1), 0)
-
-    # where, not a product, so that weights of absent pairs (even nan) drop out.
-    pair_MxBxB = cand_Mx1xB & present_BxM.T[:, :, None]
-    wm_MxBxB = jnp.where(pair_MxBxB, jax.lax.stop_gradient(w_BxB).astype(dtype)[None], 0)
-    num_MxB = -jnp.sum(wm_MxBxB * logsm_MxBxB, axis=-1)
-    den_MxB = jnp.sum(wm_MxBxB, axis=-1)
-    valid_MxB = present_BxM.T
-    loss_MxB = jnp.where(valid_MxB, num_MxB / jnp.where(valid_MxB, den_MxB, 1), 0)
+    # of s with no modality present are never anchors, so they may be garbage
+    # too, and so may the weights of pairs without a modality in common
+    # (where, not a product: w is multiplied by zeros in contrastive's matmuls).
+    z_MxBxP = jnp.where(present_BxM[..., None], z_BxMxP, 0).astype(dtype).swapaxes(0, 1)
+    st_BxP = jnp.where(any_B[:, None], s_BxP, 0).astype(dtype) / temperature
+    read_BxB = jnp.any(present_BxM[:, None, :] & present_BxM[None, :, :], axis=-1)
+    w_BxB = jnp.where(read_BxB, jax.lax.stop_gradient(w_BxB), 0)
+    rows = contrastive.row_block(b, z_MxBxP.shape[0]) if row_block is None else row_block
+    loss_MxB = contrastive.contrastive_loss(
+        st_BxP, z_MxBxP, w_BxB.astype(dtype), present_BxM.T, rows
+    )
     return loss_MxB.T, present_BxM
 
 

@@ -1,0 +1,169 @@
+"""The weighted contrastive loss as one op with a hand-written backward pass.
+
+Shape legend: B batch (anchors and candidates), M modalities, P projection
+width, R a block of anchor rows, N the number of blocks.
+
+`losses.weighted_contrastive_loss` checks and sanitises its inputs, then calls
+`contrastive_loss`. Written as automatic differentiation would have it, the
+loss materialises M x B x B logits, log-softmax, masked weights and products,
+and their cotangents: at B = 8192 and M = 2 each is 512 MiB, and on XLA:CPU
+the step spent most of the contrastive term's time writing and re-reading
+them (2.5 GiB of temporaries; README "Performance"). Two rewrites, the same
+loss:
+
+- **The weighted part is two matmuls with w.** With the candidate mask c_mk
+  folded into the candidates,
+
+      sum_k w_jk c_mk logit_mjk = <s_j / tau, (w @ (c_m z_m))_j>
+      sum_k w_jk c_mk           = (w @ c_m)_j
+
+  so the numerator and the denominator need no B x B x M tensor; the
+  backward pass needs w^T @ (g / den * s / tau), one more matmul.
+- **The softmax part is computed in blocks of R anchor rows**, on CPU (an
+  `R x B x M` block of logits stays in the caches; R from `row_block`), and
+  recomputed in the backward pass from the per-row log-sum-exp instead of
+  being saved. On GPU and TPU the whole batch is one block.
+
+The residuals are the inputs, the M x B log-sum-exp and denominators and the
+M x B x P weighted candidates: memory is O(B^2) for w (an input) plus one
+block, not O(M B^2).
+
+Inputs here are already clean (`losses.weighted_contrastive_loss` sanitises
+absent rows and the weights of absent pairs): anchors `st_BxP` = s / tau,
+candidates `z_MxBxP` zero where absent, `w_BxB` zero on pairs without a
+modality in common, the presence mask `present_MxB`. The
+temperature is applied outside (st = s / tau), so automatic differentiation
+handles it, traced or not. w gets a zero gradient (it is a constant of the
+loss, as `weighted_contrastive_loss` documents).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+# Finite stand-in for -inf on masked-out candidates: exp() of it underflows
+# to 0, while (unlike -inf) it never yields inf - inf = nan in the
+# log-sum-exp or 0 * inf = nan in its gradient.
+MASKED_LOGIT = -1e9
+
+# An R x B x M block of float32 logits of at most this many elements (2 MiB,
+# the size of a core's L2 cache on common x86 CPUs) stays in cache; measured
+# on 2 cores, B = 2048 and 8192, M = 2 (README "Performance").
+_BLOCK_ELEMENTS = 2**19
+_MIN_ROWS = 64
+
+
+def row_block(b: int, m: int, backend: str | None = None) -> int:
+    """Anchor rows per block: the whole batch off CPU or when it fits, else a power of 2.
+
+    >>> row_block(8192, 2, "cpu"), row_block(2048, 2, "cpu"), row_block(512, 2, "cpu")
+    (64, 128, 512)
+    >>> row_block(8192, 2, "gpu")
+    8192
+    """
+    if (backend or jax.default_backend()) != "cpu" or b * b * m <= _BLOCK_ELEMENTS:
+        return b
+    rows = _MIN_ROWS
+    while 2 * rows * b * m <= _BLOCK_ELEMENTS:
+        rows *= 2
+    return min(rows, b)
+
+
+def _blocks(x_BxF: jax.Array, rows: int) -> jax.Array:
+    """(B, ...) -> (N, R, ...), zero-padded to a multiple of R."""
+    x = jnp.pad(x_BxF, [(0, -x_BxF.shape[0] % rows)] + [(0, 0)] * (x_BxF.ndim - 1))
+    return x.reshape((x.shape[0] // rows, rows) + x.shape[1:])
+
+
+def _unblock(y_NxMxRxF: jax.Array, b: int) -> jax.Array:
+    """(N, M, R, ...) -> (M, B, ...): the inverse of `_blocks` on the rows, padding dropped."""
+    n, m, r = y_NxMxRxF.shape[:3]
+    y = jnp.moveaxis(y_NxMxRxF, 0, 1).reshape((m, n * r) + y_NxMxRxF.shape[3:])
+    return y[:, :b]
+
+
+def _logits(st_RxP: jax.Array, z_MxBxP: jax.Array, present_MxB: jax.Array) -> jax.Array:
+    """logit_mjk = <st_j, z_mk>, masked where candidate k lacks modality m -> (M, R, B)."""
+    logits_MxRxB = jnp.einsum("jp,mkp->mjk", st_RxP, z_MxBxP)
+    return jnp.where(present_MxB[:, None, :], logits_MxRxB, MASKED_LOGIT)
+
+
+def _log_sum_exp(st_BxP, z_MxBxP, present_MxB, rows):
+    """log sum_k exp(logit_mjk) over the candidates -> (M, B)."""
+    b = st_BxP.shape[0]
+    block = lambda st_RxP: jax.nn.logsumexp(_logits(st_RxP, z_MxBxP, present_MxB), axis=-1)
+    if rows >= b:
+        return block(st_BxP)
+    # lax.map, not one program over the batch: each block's logits stay in cache.
+    return _unblock(jax.lax.map(block, _blocks(st_BxP, rows)), b)
+
+
+def _softmax_products(st_BxP, z_MxBxP, present_MxB, lse_MxB, gst_MxBxP, rows):
+    """With p = softmax_k(logit_mjk): (sum_k p_mjk z_mk, sum_j p_mjk gst_mj), both (M, B, P)."""
+    b = st_BxP.shape[0]
+
+    def block(acc_MxBxP, xs):
+        st_RxP, lse_MxR, gst_MxRxP = xs
+        p_MxRxB = jnp.exp(_logits(st_RxP, z_MxBxP, present_MxB) - lse_MxR[..., None])
+        acc_MxBxP = acc_MxBxP + jnp.einsum("mjk,mjp->mkp", p_MxRxB, gst_MxRxP)
+        return acc_MxBxP, jnp.einsum("mjk,mkp->mjp", p_MxRxB, z_MxBxP)
+
+    # z * 0, not zeros: the carry keeps z's type under shard_map (z is clean).
+    zero_MxBxP = z_MxBxP * 0
+    if rows >= b:
+        to_z, pz_MxBxP = block(zero_MxBxP, (st_BxP, lse_MxB, gst_MxBxP))
+        return pz_MxBxP, to_z
+    xs = (
+        _blocks(st_BxP, rows),
+        jnp.swapaxes(_blocks(lse_MxB.T, rows), 1, 2),  # (N, M, R)
+        jnp.swapaxes(_blocks(jnp.swapaxes(gst_MxBxP, 0, 1), rows), 1, 2),  # (N, M, R, P)
+    )
+    to_z, pz_NxMxRxP = jax.lax.scan(block, zero_MxBxP, xs)
+    return _unblock(pz_NxMxRxP, b), to_z
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def contrastive_loss(
+    st_BxP: jax.Array, z_MxBxP: jax.Array, w_BxB: jax.Array, present_MxB: jax.Array, rows: int
+) -> jax.Array:
+    """loss_mj = logsumexp_k(logit_mjk) - sum_k w_jk c_mk logit_mjk / sum_k w_jk c_mk.
+
+    That is `losses.weighted_contrastive_loss`'s l_ij (section 3.2 of
+    docs/method.md), 0 where anchor j lacks modality m. Inputs must be clean
+    (module docstring); `rows` from `row_block`. Returns loss_MxB.
+    """
+    return _forward(st_BxP, z_MxBxP, w_BxB, present_MxB, rows)[0]
+
+
+def _forward(st_BxP, z_MxBxP, w_BxB, present_MxB, rows):
+    p = z_MxBxP.shape[-1]
+    lse_MxB = _log_sum_exp(st_BxP, z_MxBxP, present_MxB, rows)
+    c_MxBx1 = present_MxB[..., None].astype(z_MxBxP.dtype)
+    # One matmul for both: (w @ (c z))_j in the first P columns, (w @ c)_j in the last.
+    wz_MxBxQ = jnp.einsum("jk,mkq->mjq", w_BxB, jnp.concatenate([z_MxBxP, c_MxBx1], axis=-1))
+    wz_MxBxP, den_MxB = wz_MxBxQ[..., :p], jnp.where(present_MxB, wz_MxBxQ[..., p], 1)
+    num_MxB = jnp.einsum("jp,mjp->mj", st_BxP, wz_MxBxP)
+    # >= 0 in exact arithmetic (a log-sum-exp is at least any weighted mean of
+    # its terms); the clip removes float32 rounding below 0 (about 1e-7, with
+    # one candidate), where the gradient is 0 anyway.
+    loss_MxB = jnp.where(present_MxB, jnp.maximum(lse_MxB - num_MxB / den_MxB, 0), 0)
+    return loss_MxB, (st_BxP, z_MxBxP, w_BxB, present_MxB, lse_MxB, wz_MxBxP, den_MxB)
+
+
+def _backward(rows, residuals, g_MxB):
+    st_BxP, z_MxBxP, w_BxB, present_MxB, lse_MxB, wz_MxBxP, den_MxB = residuals
+    g_MxB = jnp.where(present_MxB, g_MxB, 0)
+    gst_MxBxP = g_MxB[..., None] * st_BxP[None]
+    pz_MxBxP, p_to_z_MxBxP = _softmax_products(
+        st_BxP, z_MxBxP, present_MxB, lse_MxB, gst_MxBxP, rows
+    )
+    # d loss_mj / d st_j = sum_k p_mjk z_mk - (w @ (c z))_j / den_mj
+    d_st_BxP = jnp.sum(g_MxB[..., None] * (pz_MxBxP - wz_MxBxP / den_MxB[..., None]), axis=0)
+    # d loss_mj / d z_mk = p_mjk st_j - w_jk c_mk st_j / den_mj, summed over j
+    w_to_z_MxBxP = jnp.einsum("jk,mjp->mkp", w_BxB, gst_MxBxP / den_MxB[..., None])
+    d_z_MxBxP = p_to_z_MxBxP - jnp.where(present_MxB[..., None], w_to_z_MxBxP, 0)
+    return d_st_BxP, d_z_MxBxP, None, None
+
+
+contrastive_loss.defvjp(_forward, _backward)
