@@ -29,14 +29,21 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Test processes (pytest-xdist): the suite is mostly one thread of Python and
+# XLA compilation, so two processes use both cores of a 2-core machine. Each
+# test file runs in one process (--dist loadfile), so module fixtures are
+# built once; every process has its own 4 fake devices (conftest.py).
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --doctest-modules
+
 # Everything: lint, every test (slow ones included) and the library's doctests.
 test: lint
-	$(PY) -m pytest --doctest-modules robult_jax tests
+	$(PYTEST) robult_jax tests
 
 # The inner loop: as `test`, without the tests marked slow (multi-process,
 # multi-device and end-to-end runs of the CLI or of train_and_evaluate).
 test-fast: lint
-	$(PY) -m pytest --doctest-modules -m "not slow" robult_jax tests
+	$(PYTEST) -m "not slow" robult_jax tests
 
 format: setup
 	$(VENV)/bin/ruff check --fix .

@@ -18,8 +18,16 @@ jax.config.update("jax_num_cpu_devices", 4)
 
 # XLA compilation dominates the trainer tests on CPU; tests that build the
 # same programs (same shapes, same mesh) share them through a per-session
-# persistent cache instead of compiling each time.
+# persistent cache instead of compiling each time. The directory is made once,
+# by the first process that loads this file (pytest, or its controller under
+# pytest-xdist, whose workers inherit the environment), and it is also the
+# library's cache (`train.enable_compilation_cache`, which the CLI runs
+# spawned by tests call): nothing is written to the user's ~/.cache.
 import tempfile  # noqa: E402
 
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="robult_jax_xla_"))
+_CACHE = os.environ.setdefault(
+    "ROBULT_JAX_TEST_XLA_CACHE", tempfile.mkdtemp(prefix="robult_jax_xla_")
+)
+os.environ["ROBULT_JAX_COMPILE_CACHE"] = _CACHE
+jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
