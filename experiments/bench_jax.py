@@ -197,11 +197,12 @@ class JaxBench:
     def eval_throughput(self, repeats: int) -> dict:
         """Samples/s of `evaluate_subsets` on the test split (every subset of modalities).
 
-        The first call compiles `make_predict_fn` and is not timed; each timed
-        call predicts every test row once per subset and computes its metrics,
-        as a validation step of train.py does.
+        The first call compiles `make_predict_many_fn` and is not timed; each
+        timed call predicts every test row under every subset (the encoders
+        once per row) and computes the metrics, as a validation step of
+        train.py does.
         """
-        predict = evaluate.make_predict_fn(self.model, self.mesh)
+        predict = evaluate.make_predict_many_fn(self.model, self.mesh)
         split, params = self.dataset.test, self.state.params
         kw = dict(batch_size=self.cfg.eval.batch_size, mesh=self.mesh)
         run = lambda: evaluate.evaluate_subsets(predict, params, split, self.task, **kw)

@@ -34,6 +34,13 @@ from robult_jax.data.types import Split
 from robult_jax.tasks import Task
 
 PredictFn = Callable[[Any, dict, jax.Array], Any]  # logits_BxC, or a dict with embeddings
+# (params, inputs, own_mask_BxM, masks_BxKxM) -> logits_BxKxC: `make_predict_many_fn`.
+PredictManyFn = Callable[[Any, dict, jax.Array, jax.Array], jax.Array]
+# Conditions (masks) evaluated together in one pass over a split: K of
+# `make_predict_many_fn`. A condition list is cut into chunks of at most this
+# many (the last one padded by repeating its last mask), so that a run
+# compiles one program per distinct chunk size.
+MAX_MASKS_PER_PASS = 8
 # Messages already logged: validation runs every train.eval_every steps on the same
 # split, and its exclusions would otherwise repeat the same line at every one.
 _LOGGED: set[str] = set()
@@ -90,6 +97,78 @@ def make_predict_fn(model: nn.Module, mesh: jax.sharding.Mesh, *, embeddings: bo
     return jax.jit(predict, out_shardings=parallel.replicated(mesh))
 
 
+def make_predict_many_fn(model: nn.Module, mesh: jax.sharding.Mesh) -> PredictManyFn:
+    """`predict_many(params, inputs, own_BxM, masks_BxKxM) -> logits_BxKxC`, jitted.
+
+    The logits of one batch under K masks (each within the data's own mask
+    `own_BxM`), with the encoders, most of the model's cost, run once: an
+    encoder sees one modality of one row, so its output does not depend on
+    the mask (`models._Base.encode_or_reuse`); the rest runs K times, batched.
+    Equal to K calls of `make_predict_fn`'s `predict` to float32 rounding
+    (tests/test_evaluate_many.py). Outputs come back replicated, as there.
+    """
+
+    def predict_many(params, inputs: dict, own_BxM: jax.Array, masks_BxKxM: jax.Array):
+        variables = {"params": params}
+        encoded = model.apply(variables, inputs, own_BxM, train=False, encoders_only=True)
+
+        def one(mask_BxM):
+            out = model.apply(variables, inputs, mask_BxM, train=False, encoded=encoded)
+            return out["logits_BxC"]
+
+        return jax.vmap(one, in_axes=1, out_axes=1)(masks_BxKxM)
+
+    return jax.jit(predict_many, out_shardings=parallel.replicated(mesh))
+
+
+def predict_split_many(
+    predict_many: PredictManyFn,
+    params: Any,
+    split: Split,
+    masks_KxNxM: np.ndarray,
+    *,
+    batch_size: int,
+    mesh: jax.sharding.Mesh,
+) -> np.ndarray:
+    """`predict_split`'s logits under each of K masks (ANDed with the data's own) -> (K, N, C).
+
+    One pass over the split: each batch is read once (its inputs under the
+    data's own mask) and `predict_many` scores it under the K masks. Batches
+    and padding are `predict_split`'s; padding rows are all-present under
+    every mask.
+    """
+    masks_KxNxM = np.asarray(masks_KxNxM, bool)
+    k, n, m = masks_KxNxM.shape
+    if (n, m) != split.mask.shape:
+        raise ValueError(f"eval masks have shape {masks_KxNxM.shape}, expected (K, {n}, {m}).")
+    masks_NxKxM = np.swapaxes(masks_KxNxM & split.mask[None], 0, 1)
+    rows = pipeline.process_rows(mesh, batch_size)
+    batches = sampler.iterate_eval_batches(split, batch_size, rows=rows)
+    outputs = []
+    for start, batch in zip(range(0, n, batch_size), batches, strict=True):
+        masks_BxKxM = masks_NxKxM[start : start + batch_size]
+        pad = np.ones((batch_size - len(masks_BxKxM), k, m), bool)
+        masks_BxKxM = np.concatenate([masks_BxKxM, pad])
+        local = {"inputs": batch["inputs"], "own": batch["mask"][rows], "masks": masks_BxKxM[rows]}
+        placed = pipeline.to_devices(local, mesh, batch_size)
+        out = predict_many(params, placed["inputs"], placed["own"], placed["masks"])
+        outputs.append(np.asarray(jax.device_get(out))[batch["valid"]])
+    return np.swapaxes(np.concatenate(outputs, 0), 0, 1)
+
+
+def _predict_conditions(
+    predict_many: PredictManyFn, params: Any, split: Split, masks: list[np.ndarray], **kw
+) -> list[np.ndarray]:
+    """Logits (N, C) of `split` under each (N, M) mask of `masks`, MAX_MASKS_PER_PASS at a time."""
+    logits = []
+    for start in range(0, len(masks), MAX_MASKS_PER_PASS):
+        chunk = masks[start : start + MAX_MASKS_PER_PASS]
+        width = min(len(masks), MAX_MASKS_PER_PASS)  # one chunk size per call: one compile
+        padded = np.stack(chunk + [chunk[-1]] * (width - len(chunk)))
+        logits.extend(predict_split_many(predict_many, params, split, padded, **kw)[: len(chunk)])
+    return logits
+
+
 def predict_split(
     predict: PredictFn,
     params: Any,
@@ -133,7 +212,7 @@ def validation_score(results_by_subset: dict[str, dict], task: Task) -> float:
 
 
 def evaluate_subsets(
-    predict: PredictFn,
+    predict_many: PredictManyFn,
     params: Any,
     split: Split,
     task: Task,
@@ -146,26 +225,32 @@ def evaluate_subsets(
 
     Rows with no modality of the subset present are not scored, and a subset
     with no row left is left out (module docstring); `excluded_out` receives
-    {subset name: rows not scored} for the subsets with any.
+    {subset name: rows not scored} for the subsets with any. `predict_many`
+    (`make_predict_many_fn`) scores up to MAX_MASKS_PER_PASS subsets in one
+    pass over the split.
     """
     names = list(split.inputs)
     n = len(split)
-    results, excluded = {}, {}
+    excluded, scored = {}, []
     for row in masks_lib.all_subsets(len(names)):
         mask_NxM = np.broadcast_to(row, (n, len(names)))
         name = masks_lib.subset_name(row, names)
         keep_N = scored_rows(split, mask_NxM)
         excluded[name] = int(n - keep_N.sum())
-        if not keep_N.any():
-            continue
-        logits = predict_split(predict, params, split, mask_NxM, batch_size=batch_size, mesh=mesh)
-        results[name] = task.metrics(logits[keep_N], split.labels[keep_N])
+        if keep_N.any():
+            scored.append((name, mask_NxM, keep_N))
+    kw = dict(batch_size=batch_size, mesh=mesh)
+    logits = _predict_conditions(predict_many, params, split, [c[1] for c in scored], **kw)
+    results = {
+        name: task.metrics(logits_NxC[keep_N], split.labels[keep_N])
+        for (name, _, keep_N), logits_NxC in zip(scored, logits, strict=True)
+    }
     _report_excluded("modality subsets", n, excluded, excluded_out)
     return results
 
 
 def evaluate_random_missing(
-    predict: PredictFn,
+    predict_many: PredictManyFn,
     params: Any,
     split: Split,
     task: Task,
@@ -196,7 +281,7 @@ def evaluate_random_missing(
         else:
             key = f"{rate:g}"
             draw = functools.partial(masks_lib.random_missing, len(split), len(names), rate)
-        per_seed = []
+        scored = []
         for seed in seeds:
             mask_NxM = draw(seed)
             mask_name = f"rate={key}/seed={seed}"
@@ -205,14 +290,16 @@ def evaluate_random_missing(
                 masks_out[mask_name] = mask_NxM
             keep_N = scored_rows(split, mask_NxM)
             excluded[mask_name] = int(n - keep_N.sum())
-            if not keep_N.any():
-                continue
-            logits = predict_split(
-                predict, params, split, mask_NxM, batch_size=batch_size, mesh=mesh
-            )
-            per_seed.append(task.metrics(logits[keep_N], split.labels[keep_N]))
-        if len(per_seed) < len(seeds):
+            if keep_N.any():
+                scored.append((mask_NxM, keep_N))
+        if len(scored) < len(seeds):
             continue  # some seed left no row: the rate is left out (see the docstring)
+        kw = dict(batch_size=batch_size, mesh=mesh)
+        logits = _predict_conditions(predict_many, params, split, [c[0] for c in scored], **kw)
+        per_seed = [
+            task.metrics(logits_NxC[keep_N], split.labels[keep_N])
+            for (_, keep_N), logits_NxC in zip(scored, logits, strict=True)
+        ]
         results[key] = {}
         for k in per_seed[0]:
             values = [r[k] for r in per_seed]

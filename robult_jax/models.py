@@ -134,6 +134,25 @@ class _Base(nn.Module):
             h.append(encoder(jnp.where(present, x, 0.0), train=train))
         return jnp.where(mask_BxM[..., None], jnp.stack(h, axis=1), 0.0)
 
+    def encode_or_reuse(
+        self,
+        inputs: Mapping[str, jax.Array],
+        mask_BxM: jax.Array,
+        prefix: str,
+        encoded: Mapping[str, jax.Array] | None,
+        *,
+        train: bool,
+    ) -> jax.Array:
+        """`encode`, or `encoded[prefix]` (computed once for many masks) masked by mask_BxM.
+
+        An encoder sees one modality of one row, so its output under any mask is
+        its output under the data's own mask, zeroed where the mask drops the
+        modality: `encoders_only=True` computes those once, `encoded=` reuses them.
+        """
+        if encoded is None:
+            return self.encode(inputs, mask_BxM, prefix, train=train)
+        return jnp.where(mask_BxM[..., None], encoded[prefix], 0.0)
+
     def check_inputs(self, inputs: Mapping[str, jax.Array], mask_BxM: jax.Array) -> jax.Array:
         names = [m.name for m in self.modalities]
         missing = [n for n in names if n not in inputs]
@@ -157,20 +176,31 @@ class PaperRobult(_Base):
 
     @nn.compact
     def __call__(
-        self, inputs: Mapping[str, jax.Array], mask_BxM: jax.Array, *, train: bool = False
+        self,
+        inputs: Mapping[str, jax.Array],
+        mask_BxM: jax.Array,
+        *,
+        train: bool = False,
+        encoded: Mapping[str, jax.Array] | None = None,
+        encoders_only: bool = False,
     ) -> dict[str, jax.Array]:
+        """The outputs (module docstring); `encoders_only` / `encoded`: `encode_or_reuse`."""
         cfg, d = self.config, self.config.latent_dim
         mask_BxM = self.check_inputs(inputs, mask_BxM)
         mask_BxMx1 = mask_BxM[..., None]
         batch = mask_BxM.shape[0]
-        h_BxMxD = self.encode(inputs, mask_BxM, "encoder", train=train)  # f_i
+        h_BxMxD = self.encode_or_reuse(inputs, mask_BxM, "encoder", encoded, train=train)  # f_i
 
         # f_0: a separate branch over the raw inputs of all modalities. It exists
         # only for rows with every modality present (panel (b) of the figure).
         if cfg.fusion_stems == "own":
-            stems_BxMxD = self.encode(inputs, mask_BxM, "fusion_stem", train=train)
+            stems_BxMxD = self.encode_or_reuse(
+                inputs, mask_BxM, "fusion_stem", encoded, train=train
+            )
         else:  # "shared": reuse the f_i trunks (cheaper, couples f_0 to f_i)
             stems_BxMxD = h_BxMxD
+        if encoders_only:
+            return {"encoder": h_BxMxD, "fusion_stem": stems_BxMxD}
         h0_BxD = self.mlp(d, "fusion")(stems_BxMxD.reshape(batch, -1), train=train)
         complete_B = mask_BxM.all(axis=1)
 
@@ -227,12 +257,21 @@ class FusedRobult(_Base):
 
     @nn.compact
     def __call__(
-        self, inputs: Mapping[str, jax.Array], mask_BxM: jax.Array, *, train: bool = False
+        self,
+        inputs: Mapping[str, jax.Array],
+        mask_BxM: jax.Array,
+        *,
+        train: bool = False,
+        encoded: Mapping[str, jax.Array] | None = None,
+        encoders_only: bool = False,
     ) -> dict[str, jax.Array]:
+        """The outputs (module docstring); `encoders_only` / `encoded`: `encode_or_reuse`."""
         cfg = self.config
         mask_BxM = self.check_inputs(inputs, mask_BxM)
         mask_BxMx1 = mask_BxM[..., None]
-        h_BxMxD = self.encode(inputs, mask_BxM, "encoder", train=train)
+        h_BxMxD = self.encode_or_reuse(inputs, mask_BxM, "encoder", encoded, train=train)
+        if encoders_only:
+            return {"encoder": h_BxMxD}
 
         fusion = Fusion(
             cfg.fusion,

@@ -240,7 +240,7 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, *, pause_at_step
         state,
         mesh,
     )
-    predict = evaluate.make_predict_fn(model, mesh)
+    predict = evaluate.make_predict_many_fn(model, mesh)  # every condition of a pass at once
     eval_kw = dict(batch_size=cfg.eval.batch_size, mesh=mesh)
 
     show_progress = cfg.train.progress_bar and start_step < num_steps

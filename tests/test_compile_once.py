@@ -1,6 +1,7 @@
 """One compilation per shape: a whole run traces and compiles its train step once,
-and its evaluation function once per split shape, however many steps, evaluations
-and checkpoints it makes (a recompile would cost seconds per step on CPU)."""
+and its evaluation function once per split shape and number of masks scored
+together, however many steps, evaluations and checkpoints it makes (a recompile
+would cost seconds per step on CPU)."""
 
 import collections
 import logging
@@ -10,7 +11,7 @@ import jax
 import pytest
 from test_train import _config
 
-from robult_jax import train
+from robult_jax import evaluate, train
 
 
 class _Compiles(logging.Handler):
@@ -46,5 +47,9 @@ def test_a_run_compiles_its_train_step_once(tmp_path, compiles):
     assert results is not None
     assert compiles["train_step"] == 1, dict(compiles)
     # Validation and test have the same row count here, and every evaluation pads to
-    # eval.batch_size: one program for all of them.
-    assert compiles["predict"] == 1, dict(compiles)
+    # eval.batch_size: one program per number of masks scored in a pass, here the
+    # 3 subsets of 2 modalities and the 2 mask seeds of each missing rate.
+    config = _config()
+    passes = {2 ** len(config.model.encoders) - 1, len(config.eval.mask_seeds)}
+    assert all(k <= evaluate.MAX_MASKS_PER_PASS for k in passes) and len(passes) == 2
+    assert compiles["predict_many"] == len(passes), dict(compiles)

@@ -6,6 +6,7 @@ import logging
 import time
 import types
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -229,6 +230,12 @@ def _predict(params, inputs, mask_BxM):
     return jnp.stack([-score_B, score_B], axis=1)
 
 
+def _predict_many(params, inputs, own_BxM, masks_BxKxM):
+    """`_predict` under each of K masks, as `evaluate.make_predict_many_fn`'s function."""
+    del own_BxM
+    return jax.vmap(lambda m: _predict(params, inputs, m), in_axes=1, out_axes=1)(masks_BxKxM)
+
+
 def test_evaluation_does_not_score_rows_with_no_modality_present(caplog):
     split = _split(8)
     split.inputs["a"][:, 0] = np.where(split.labels == 1, 1.0, -1.0)  # "a" predicts perfectly
@@ -240,7 +247,7 @@ def test_evaluation_does_not_score_rows_with_no_modality_present(caplog):
     excluded = {}
     with caplog.at_level(logging.WARNING):
         results = evaluate.evaluate_subsets(
-            _predict, None, split, tasks.get("multiclass"), excluded_out=excluded, **kw
+            _predict_many, None, split, tasks.get("multiclass"), excluded_out=excluded, **kw
         )
     assert excluded == {"a": 3, "b": 1}
     assert results["a"]["accuracy"] == 1.0  # rows 3..7 only
@@ -248,7 +255,7 @@ def test_evaluation_does_not_score_rows_with_no_modality_present(caplog):
     assert "a: 3 rows" in caplog.text and "b: 1 rows" in caplog.text
     split.mask[:, 1] = False
     split.mask[:3, 0] = True
-    results = evaluate.evaluate_subsets(_predict, None, split, tasks.get("multiclass"), **kw)
+    results = evaluate.evaluate_subsets(_predict_many, None, split, tasks.get("multiclass"), **kw)
     assert set(results) == {"a", "a+b"}  # no row has "b": its subset is left out
     assert evaluate.validation_score(results, tasks.get("multiclass")) == pytest.approx(
         np.mean([r["accuracy"] for r in results.values()])
