@@ -31,3 +31,26 @@ _CACHE = os.environ.setdefault(
 os.environ["ROBULT_JAX_COMPILE_CACHE"] = _CACHE
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+# The test files that take longest start first: `make test` runs whole files
+# per process (pytest-xdist --dist loadfile) in collection order, and one of
+# these collected last would run alone on one core while the other idles.
+_LONGEST_FIRST = (
+    "tests/test_train.py",
+    "tests/test_parallel_forms.py",
+    "tests/test_precision.py",
+    "tests/test_faults.py",
+    "tests/test_compare.py",
+    "tests/test_multiprocess.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {path: i for i, path in enumerate(_LONGEST_FIRST)}
+    root = str(config.rootpath)
+
+    def key(item):
+        path = os.path.relpath(str(item.path), root)
+        return rank.get(path, len(rank))
+
+    items.sort(key=key)  # stable: the order within each file, and of the others, is kept
