@@ -32,13 +32,12 @@ the raw values before anything is allocated per class.
 from __future__ import annotations
 
 import os
-import zipfile
-import zlib
 from typing import Any
 
 import numpy as np
 
 from robult_jax.data import clean
+from robult_jax.data.array_file import ArrayFile  # re-exported: arrays.ArrayFile
 from robult_jax.data.clean import MAX_LISTED, rows_text
 from robult_jax.data.normalize import fit_stats, prepare
 from robult_jax.data.types import MODALITY_KINDS, Dataset, DatasetSpec, ModalitySpec, Split
@@ -47,79 +46,9 @@ from robult_jax.tasks import NAMES
 SPLITS = ("train", "validation", "test")
 # Per-sample ranks each kind accepts (the default encoder of the kind must take them).
 KIND_RANKS = {"vector": (1,), "timeseries": (2,), "image": (2, 3), "sequence": (2,)}
-_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 # Why a cap: the head and the class names grow with C; no data set this loader
 # serves has more classes, and a typo (or hashed ids as num_classes) must not OOM.
 MAX_CLASSES = 100_000
-
-
-class ArrayFile:
-    """The arrays of a .npz file or of a directory of .npy files; use as a context manager."""
-
-    def __init__(self, path: str):
-        self.path = os.fspath(path)
-        self._npz = None
-        if not os.path.exists(self.path):
-            raise FileNotFoundError(
-                f"{self.path} not found; give a .npz file or a directory of .npy files."
-            )
-        if os.path.isdir(self.path):
-            files = sorted(f for f in os.listdir(self.path) if f.endswith(".npy"))
-            self.names = tuple(f[: -len(".npy")] for f in files)
-            return
-        try:
-            loaded = np.load(self.path, allow_pickle=False)
-        except _READ_ERRORS as e:
-            raise ValueError(
-                f"{self.path} is not a readable .npz file ({type(e).__name__}: {e}); "
-                "write it with np.savez(path, name=array, ...)."
-            ) from None
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ValueError(
-                f"{self.path} holds a single array, not a .npz archive of named arrays; "
-                "write it with np.savez(path, name=array, ...) or use a directory of .npy files."
-            )
-        self._npz = loaded
-        self.names = tuple(loaded.files)
-
-    def __enter__(self) -> ArrayFile:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._npz is not None:
-            self._npz.close()
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.names
-
-    def where(self, key: str) -> str:
-        """How to name array `key` in a message: the .npy file, or file['key']."""
-        if self._npz is None:
-            return os.path.join(self.path, f"{key}.npy")
-        return f"{self.path}[{key!r}]"
-
-    def get(self, key: str, role: str) -> np.ndarray:
-        """Array `key`; `role` says why it is needed (for the message when it is absent)."""
-        if key not in self.names:
-            what = ".npy files" if self._npz is None else "arrays"
-            present = ", ".join(self.names) or "none"
-            raise ValueError(
-                f"{self.where(key)} not found ({role}); {what} present in {self.path}: {present}."
-            )
-        try:
-            if self._npz is not None:
-                return np.asarray(self._npz[key])
-            return np.load(self.where(key), allow_pickle=False)
-        except _READ_ERRORS as e:
-            hint = ""
-            if "allow_pickle" in str(e):
-                hint = " It holds Python objects: save numbers or np.asarray(x, dtype=str)."
-            raise ValueError(
-                f"{self.where(key)} could not be read ({type(e).__name__}: {e}).{hint}"
-            ) from None
 
 
 def _get(data_config: Any, key: str, default: Any) -> Any:
