@@ -25,10 +25,9 @@ jax.config.update("jax_num_cpu_devices", 4)
 # spawned by tests call): nothing is written to the user's ~/.cache.
 import tempfile  # noqa: E402
 
-_CACHE = os.environ.setdefault(
-    "ROBULT_JAX_TEST_XLA_CACHE", tempfile.mkdtemp(prefix="robult_jax_xla_")
-)
-os.environ["ROBULT_JAX_COMPILE_CACHE"] = _CACHE
+# (Not setdefault: its argument would make a directory in every worker too.)
+_CACHE = os.environ.get("ROBULT_JAX_TEST_XLA_CACHE") or tempfile.mkdtemp(prefix="robult_jax_xla_")
+os.environ["ROBULT_JAX_TEST_XLA_CACHE"] = os.environ["ROBULT_JAX_COMPILE_CACHE"] = _CACHE
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 

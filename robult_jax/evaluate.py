@@ -273,6 +273,7 @@ def evaluate_random_missing(
     """
     names = list(split.inputs)
     n = len(split)
+    kw = dict(batch_size=batch_size, mesh=mesh)
     results, hashes, excluded = {}, {}, {}
     for rate in rates:
         if isinstance(rate, tuple | list):
@@ -294,7 +295,6 @@ def evaluate_random_missing(
                 scored.append((mask_NxM, keep_N))
         if len(scored) < len(seeds):
             continue  # some seed left no row: the rate is left out (see the docstring)
-        kw = dict(batch_size=batch_size, mesh=mesh)
         logits = _predict_conditions(predict_many, params, split, [c[0] for c in scored], **kw)
         per_seed = [
             task.metrics(logits_NxC[keep_N], split.labels[keep_N])
