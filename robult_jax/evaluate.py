@@ -269,12 +269,12 @@ def evaluate_random_missing(
     training ones). Masks are also stored in `masks_out` when given. Rows with
     no modality present are not scored; a rate where some seed leaves no row
     is left out, so that every rate reported averages the same seeds
-    (`excluded_out`: {"rate=r/seed=s": rows not scored}).
+    (`excluded_out`: {"rate=r/seed=s": rows not scored}). The masks of all
+    rates and seeds are scored MAX_MASKS_PER_PASS at a time (`predict_many`).
     """
     names = list(split.inputs)
     n = len(split)
-    kw = dict(batch_size=batch_size, mesh=mesh)
-    results, hashes, excluded = {}, {}, {}
+    hashes, excluded, scored_by_rate = {}, {}, {}
     for rate in rates:
         if isinstance(rate, tuple | list):
             key = ",".join(f"{name}={r:g}" for name, r in zip(names, rate, strict=True))
@@ -293,12 +293,19 @@ def evaluate_random_missing(
             excluded[mask_name] = int(n - keep_N.sum())
             if keep_N.any():
                 scored.append((mask_NxM, keep_N))
-        if len(scored) < len(seeds):
-            continue  # some seed left no row: the rate is left out (see the docstring)
-        logits = _predict_conditions(predict_many, params, split, [c[0] for c in scored], **kw)
+        if len(scored) == len(seeds):  # else some seed left no row: the rate is left out
+            scored_by_rate[key] = scored
+    # Every rate's masks in one list: MAX_MASKS_PER_PASS conditions per pass
+    # over the split, whatever the number of seeds.
+    conditions = [c for scored in scored_by_rate.values() for c in scored]
+    kw = dict(batch_size=batch_size, mesh=mesh)
+    logits = iter(
+        _predict_conditions(predict_many, params, split, [c[0] for c in conditions], **kw)
+    )
+    results = {}
+    for key, scored in scored_by_rate.items():
         per_seed = [
-            task.metrics(logits_NxC[keep_N], split.labels[keep_N])
-            for (_, keep_N), logits_NxC in zip(scored, logits, strict=True)
+            task.metrics(next(logits)[keep_N], split.labels[keep_N]) for _, keep_N in scored
         ]
         results[key] = {}
         for k in per_seed[0]:

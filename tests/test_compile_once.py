@@ -48,8 +48,10 @@ def test_a_run_compiles_its_train_step_once(tmp_path, compiles):
     assert compiles["train_step"] == 1, dict(compiles)
     # Validation and test have the same row count here, and every evaluation pads to
     # eval.batch_size: one program per number of masks scored in a pass, here the
-    # 3 subsets of 2 modalities and the 2 mask seeds of each missing rate.
+    # 3 subsets of 2 modalities, and the masks of every missing rate and seed
+    # (2 x 2), which share their passes.
     config = _config()
-    passes = {2 ** len(config.model.encoders) - 1, len(config.eval.mask_seeds)}
+    random_masks = len(config.eval.missing_rates) * len(config.eval.mask_seeds)
+    passes = {2 ** len(config.model.encoders) - 1, min(random_masks, evaluate.MAX_MASKS_PER_PASS)}
     assert all(k <= evaluate.MAX_MASKS_PER_PASS for k in passes) and len(passes) == 2
     assert compiles["predict_many"] == len(passes), dict(compiles)
