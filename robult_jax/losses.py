@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from robult_jax import contrastive
+from robult_jax.contrastive import FactoredWeights  # noqa: F401 (re-exported)
 
 # The modes of the PU positive weights (docs/method.md 3.2), defined here only.
 PU_MODES = ("soft", "hard", "none")
@@ -125,7 +126,8 @@ def positive_weights(
     centroid_valid_C: jax.Array | None = None,
     task: str = "multiclass",
     label_sigma: float = 0.5,
-) -> jax.Array:
+    factored: bool = False,
+) -> "jax.Array | contrastive.FactoredWeights":
     """w_BxB in [0, 1] (row j = anchor, column k = candidate; docs/method.md 3.2).
 
     `tasks.get(task).positive_weights`; the modes and rules are in
@@ -134,7 +136,9 @@ def positive_weights(
     targets and (B, 1) values. Arguments a task does not use are ignored
     (`label_sigma`: regression only; the centroids, an EMA of labeled embeddings
     per class: multiclass only; `threshold`: not regression), so that a trainer
-    may pass its state unconditionally.
+    may pass its state unconditionally. `factored=True`: the multi-class
+    weights as a `FactoredWeights` (no B x B array; the same values, see
+    `task_weights.multiclass_weights`); other tasks return the (B, B) array.
 
     >>> positive_weights(jnp.array([0, 1]), jnp.array([True, True]),
     ...                  jnp.eye(2), jnp.zeros((2, 3)))
@@ -146,13 +150,14 @@ def positive_weights(
     return tasks.get(task).positive_weights(
         labels_B, is_labeled_B, probs_BxC, s_BxP, mode=mode, sigma=sigma, threshold=threshold,
         label_sigma=label_sigma, centroids_CxP=centroids_CxP, centroid_valid_C=centroid_valid_C,
+        factored=factored,
     )  # fmt: skip
 
 
 def weighted_contrastive_loss(
     s_BxP: jax.Array,
     z_BxMxP: jax.Array,
-    w_BxB: jax.Array,
+    w_BxB: "jax.Array | contrastive.FactoredWeights",
     mask_BxM: jax.Array,
     *,
     temperature: float | jax.Array,
@@ -178,7 +183,10 @@ def weighted_contrastive_loss(
     Computed by `robult_jax.contrastive` (a hand-written backward pass; no
     M x B x B tensor is kept): `row_block` anchor rows at a time (static;
     default `contrastive.row_block`: blocks that stay in cache on CPU, the
-    whole batch elsewhere). Any block size gives the same loss.
+    whole batch elsewhere). Any block size gives the same loss. `w_BxB` may
+    also be a `FactoredWeights` (w = F F^T off the diagonal, 1 on it, as
+    `positive_weights(..., factored=True)` gives the multi-class weights): the
+    same loss without any B x B array of weights.
 
     >>> s = jnp.array([[1.0, 0.0], [0.0, 1.0]])
     >>> loss, valid = weighted_contrastive_loss(
@@ -193,7 +201,12 @@ def weighted_contrastive_loss(
     b, p = s_BxP.shape
     check_shape("z_BxMxP", z_BxMxP, (b, None, p), f"s_BxP {s_BxP.shape}")
     check_shape("mask_BxM", mask_BxM, z_BxMxP.shape[:2], f"z_BxMxP {z_BxMxP.shape}")
-    check_shape("w_BxB", w_BxB, (b, b), f"s_BxP {s_BxP.shape}")
+    factored = isinstance(w_BxB, contrastive.FactoredWeights)
+    if factored:
+        ref = f"s_BxP {s_BxP.shape}"
+        check_shape("FactoredWeights.factor_BxC", w_BxB.factor_BxC, (b, None), ref)
+    else:
+        check_shape("w_BxB", w_BxB, (b, b), f"s_BxP {s_BxP.shape}")
 
     dtype = jnp.promote_types(s_BxP.dtype, jnp.float32)
     present_BxM = mask_BxM.astype(bool)
@@ -205,12 +218,17 @@ def weighted_contrastive_loss(
     # (where, not a product: w is multiplied by zeros in contrastive's matmuls).
     z_MxBxP = jnp.where(present_BxM[..., None], z_BxMxP, 0).astype(dtype).swapaxes(0, 1)
     st_BxP = jnp.where(any_B[:, None], s_BxP, 0).astype(dtype) / temperature
-    read_BxB = jnp.any(present_BxM[:, None, :] & present_BxM[None, :, :], axis=-1)
-    w_BxB = jnp.where(read_BxB, jax.lax.stop_gradient(w_BxB), 0)
+    if factored:
+        # Zero factors on rows without a modality: the pairs they are in are
+        # read by no term (a valid anchor and a present candidate of modality i
+        # always share i), so only garbage there needs removing.
+        f_BxC = jnp.where(any_B[:, None], jax.lax.stop_gradient(w_BxB.factor_BxC), 0)
+        w = contrastive.FactoredWeights(f_BxC.astype(dtype))
+    else:
+        read_BxB = jnp.any(present_BxM[:, None, :] & present_BxM[None, :, :], axis=-1)
+        w = jnp.where(read_BxB, jax.lax.stop_gradient(w_BxB), 0).astype(dtype)
     rows = contrastive.row_block(b, z_MxBxP.shape[0]) if row_block is None else row_block
-    loss_MxB = contrastive.contrastive_loss(
-        st_BxP, z_MxBxP, w_BxB.astype(dtype), present_BxM.T, rows
-    )
+    loss_MxB = contrastive.contrastive_loss(st_BxP, z_MxBxP, w, present_BxM.T, rows)
     return loss_MxB.T, present_BxM
 
 

@@ -146,6 +146,7 @@ def compute_losses(
             label_sigma=cfg.label_sigma,
             centroids_CxP=state.centroids_CxP,
             centroid_valid_C=state.centroid_valid_C > 0,
+            factored=True,  # multi-class: no G x G array of weights (FactoredWeights)
         )
         pu_GxM, valid_GxM = losses.weighted_contrastive_loss(
             s_GxP, gather(out["z_BxMxP"]), w_GxG, gather(pu_mask_BxM), temperature=cfg.temperature

@@ -26,6 +26,7 @@ Shape legend: B batch, C classes (or outputs), P projection width.
 import jax
 import jax.numpy as jnp
 
+from robult_jax import contrastive
 from robult_jax.losses import PU_MODES, check_shape
 
 
@@ -114,7 +115,8 @@ def multiclass_weights(
     threshold: float,
     centroids_CxP: jax.Array | None = None,
     centroid_valid_C: jax.Array | None = None,
-) -> jax.Array:
+    factored: bool = False,
+) -> "jax.Array | contrastive.FactoredWeights":
     """Multi-class positive weights (docs/method.md 3.2), by the module docstring's rule with:
 
     - p_j = one_hot(y_j) if j is labeled else probs_j; a_jk = <p_j, p_k>
@@ -138,9 +140,14 @@ def multiclass_weights(
       s_BxP: (B, P) fused embeddings, for the RBF proximity.
       centroids_CxP: optional (C, P) per-class EMA of labeled embeddings.
       centroid_valid_C: optional (C,) bool, which centroids exist (default all).
+      factored: return the same weights as a `contrastive.FactoredWeights`:
+        w_jk = <F_j, F_k> off the diagonal with F_j = rho_j pass_j p_j (soft),
+        pass_j one_hot(yhat_j) (hard) or 0 (none). No B x B array is made:
+        rho's RBF kernel is reduced in blocks of rows (`contrastive.row_block`).
 
     Returns:
-      w_BxB, shape (B, B): row j = anchor, column k = candidate.
+      w_BxB, shape (B, B): row j = anchor, column k = candidate; or, with
+      `factored`, a `contrastive.FactoredWeights` whose `dense()` it equals.
     """
     ref, dtype, lab_B, probs_BxC = _prepare(mode, "probs_BxC", probs_BxC, s_BxP, is_labeled_B)
     check_shape("labels_B", labels_B, lab_B.shape, ref)
@@ -170,8 +177,38 @@ def multiclass_weights(
         )
         rho_cent_B = rbf(jnp.sum(jnp.square(s_sg_BxP - cent_BxP), axis=-1), sigma)
         rho_fallback_B = jnp.where(valid_B, rho_cent_B, 0)
+    if factored:
+        return _factored_multiclass(
+            mode, lab_B, pass_B, y_B, pred_B, yhat_B, p_BxC, s_BxP, sigma, rho_fallback_B
+        )
     a_BxB = p_BxC @ p_BxC.T
     return _combine(mode, lab_B, pass_B, same_BxB, a_BxB, ref_BxB, s_BxP, sigma, rho_fallback_B)
+
+
+def _factored_multiclass(mode, lab_B, pass_B, y_B, pred_B, yhat_B, p_BxC, s_BxP, sigma, fallback):
+    """`multiclass_weights(..., factored=True)`: the factor F of `_combine`'s w, in O(B C)."""
+    b, c = p_BxC.shape
+    dtype = p_BxC.dtype
+    if mode == "none":
+        return contrastive.FactoredWeights(jnp.zeros((b, 1), dtype))
+    if mode == "hard":
+        one_hot_BxC = jax.nn.one_hot(yhat_B, c, dtype=dtype)
+        return contrastive.FactoredWeights(jnp.where(pass_B[:, None], one_hot_BxC, 0))
+    # rho's references of j: the labeled l with y_l == pred_j.
+    s_BxP = jax.lax.stop_gradient(s_BxP).astype(dtype)
+    den_B = jnp.zeros(c, dtype).at[y_B].add(lab_B.astype(dtype))[pred_B]
+
+    def kernel_sum(s_P, pred):  # sum_l [l is a reference of j] k(s_j, s_l), for one row j
+        ref_B = lab_B & (y_B == pred)
+        kernel_B = rbf(sq_dist(s_P[None], s_BxP)[0], sigma)
+        return jnp.sum(jnp.where(ref_B, kernel_B, 0))  # where: garbage s_l of non-references
+
+    rows = contrastive.row_block(b, 1)
+    num_B = jax.lax.map(lambda x: kernel_sum(*x), (s_BxP, pred_B), batch_size=min(rows, b))
+    rho_batch_B = num_B / jnp.where(den_B > 0, den_B, 1)
+    rho_B = jnp.where(lab_B, 1, jnp.where(den_B > 0, rho_batch_B, fallback))
+    f_BxC = jnp.where(pass_B[:, None], rho_B[:, None] * p_BxC, 0)
+    return contrastive.FactoredWeights(jax.lax.stop_gradient(f_BxC))
 
 
 def multilabel_weights(

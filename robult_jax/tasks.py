@@ -83,16 +83,21 @@ class Task:
         self, labels: jax.Array, is_labeled_B: jax.Array, beliefs: jax.Array, s_BxP: jax.Array,
         *, mode: str, sigma: float, threshold: float, label_sigma: float,
         centroids_CxP: jax.Array | None = None, centroid_valid_C: jax.Array | None = None,
+        factored: bool = False,
     ) -> jax.Array:  # fmt: skip
         """(B, B) PU positive weights by the task's `task_weights` rule.
 
         Arguments the task does not use are ignored, so callers pass all of them.
+        `factored=True` asks for a `contrastive.FactoredWeights` where the rule
+        has that form (multi-class); the other rules return the (B, B) array,
+        which `losses.weighted_contrastive_loss` takes as well.
         """
         given = dict(
             threshold=threshold,
             label_sigma=label_sigma,
             centroids_CxP=centroids_CxP,
             centroid_valid_C=centroid_valid_C,
+            factored=factored,
         )
         kw = {k: given[k] for k in self._weight_args}
         return self._weights(labels, is_labeled_B, beliefs, s_BxP, mode=mode, sigma=sigma, **kw)
@@ -119,7 +124,7 @@ class _Multiclass(Task):
     _loss = staticmethod(losses.multiclass_loss)
     _metrics = staticmethod(metrics.classification_metrics)
     _weights = staticmethod(task_weights.multiclass_weights)
-    _weight_args = ("threshold", "centroids_CxP", "centroid_valid_C")
+    _weight_args = ("threshold", "centroids_CxP", "centroid_valid_C", "factored")
 
     def probs(self, logits_BxC):
         return jax.nn.softmax(logits_BxC, axis=-1)
