@@ -262,7 +262,8 @@ def contrastive_term(
     """Forward + backward of the soft PU weights and contrastive loss alone, at (B, M, P).
 
     What the objective computes for L_lb + L_ulb (objective.compute_losses):
-    `positive_weights` (B x B RBF kernel from one B x B matmul) and
+    `positive_weights` (factored, as the train step asks: no B x B array; the
+    RBF kernel of rho reduced in blocks of rows) and
     `weighted_contrastive_loss` (M x B x B logits, in blocks of rows on CPU:
     `robult_jax.contrastive`). Its time against the
     whole step's says how much of the step is the quadratic-in-B part.
@@ -280,7 +281,7 @@ def contrastive_term(
     def loss(s_BxP, z_BxMxP):
         w_BxB = task.positive_weights(
             labels_B, lab_B, task.beliefs(logits_BxC), s_BxP, mode="soft", sigma=0.5,
-            threshold=0.0, label_sigma=0.5,
+            threshold=0.0, label_sigma=0.5, factored=True,  # as objective.compute_losses
         )  # fmt: skip
         pu_BxM, valid_BxM = losses.weighted_contrastive_loss(
             s_BxP, z_BxMxP, w_BxB, mask_BxM, temperature=0.1
