@@ -202,11 +202,11 @@ def weighted_contrastive_loss(
     check_shape("z_BxMxP", z_BxMxP, (b, None, p), f"s_BxP {s_BxP.shape}")
     check_shape("mask_BxM", mask_BxM, z_BxMxP.shape[:2], f"z_BxMxP {z_BxMxP.shape}")
     factored = isinstance(w_BxB, contrastive.FactoredWeights)
+    ref = f"s_BxP {s_BxP.shape}"
     if factored:
-        ref = f"s_BxP {s_BxP.shape}"
         check_shape("FactoredWeights.factor_BxC", w_BxB.factor_BxC, (b, None), ref)
     else:
-        check_shape("w_BxB", w_BxB, (b, b), f"s_BxP {s_BxP.shape}")
+        check_shape("w_BxB", w_BxB, (b, b), ref)
 
     dtype = jnp.promote_types(s_BxP.dtype, jnp.float32)
     present_BxM = mask_BxM.astype(bool)

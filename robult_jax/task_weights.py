@@ -67,6 +67,12 @@ def _prepare(
     return ref, dtype, lab_B, jax.lax.stop_gradient(jnp.asarray(beliefs)).astype(dtype)
 
 
+def _rho(lab_B, num_B, den_B, fallback_B):
+    """rho_j: 1 if labeled, else num_j / den_j (the r-weighted mean kernel), or the fallback."""
+    rho_batch_B = num_B / jnp.where(den_B > 0, den_B, 1)
+    return jnp.where(lab_B, 1, jnp.where(den_B > 0, rho_batch_B, fallback_B))
+
+
 def _combine(
     mode: str,
     lab_B: jax.Array,
@@ -97,8 +103,7 @@ def _combine(
     # where, not a product: a garbage (nan) embedding of a row that is no
     # reference must not reach anyone's rho.
     num_B = jnp.sum(jnp.where(ref_BxB > 0, ref_BxB * kernel_BxB, 0), axis=-1)
-    rho_batch_B = num_B / jnp.where(den_B > 0, den_B, 1)
-    rho_B = jnp.where(lab_B, 1, jnp.where(den_B > 0, rho_batch_B, rho_fallback_B))
+    rho_B = _rho(lab_B, num_B, den_B, rho_fallback_B)
     # Both labeled: rho = pass = 1, so w = a_jk, the agreement of the true labels.
     w_BxB = a_BxB * rho_B[:, None] * rho_B[None, :] * pass_BxB
     return jax.lax.stop_gradient(jnp.where(eye_BxB > 0, 1, w_BxB))
@@ -162,8 +167,6 @@ def multiclass_weights(
     yhat_B = jnp.where(lab_B, y_B, pred_B)
     p_BxC = jnp.where(lab_B[:, None], jax.nn.one_hot(y_B, c, dtype=dtype), probs_BxC)
     pass_B = lab_B | (jnp.max(probs_BxC, axis=-1) >= threshold)
-    same_BxB = yhat_B[:, None] == yhat_B[None, :]
-    ref_BxB = y_B[None, :] == pred_B[:, None]  # rho's references: labeled l of j's class
     rho_fallback_B = 0.0
     if centroids_CxP is not None:
         want = (c, s_BxP.shape[1])
@@ -181,6 +184,8 @@ def multiclass_weights(
         return _factored_multiclass(
             mode, lab_B, pass_B, y_B, pred_B, yhat_B, p_BxC, s_BxP, sigma, rho_fallback_B
         )
+    same_BxB = yhat_B[:, None] == yhat_B[None, :]
+    ref_BxB = y_B[None, :] == pred_B[:, None]  # rho's references: labeled l of j's class
     a_BxB = p_BxC @ p_BxC.T
     return _combine(mode, lab_B, pass_B, same_BxB, a_BxB, ref_BxB, s_BxP, sigma, rho_fallback_B)
 
@@ -205,8 +210,7 @@ def _factored_multiclass(mode, lab_B, pass_B, y_B, pred_B, yhat_B, p_BxC, s_BxP,
 
     rows = contrastive.row_block(b, 1)
     num_B = jax.lax.map(lambda x: kernel_sum(*x), (s_BxP, pred_B), batch_size=min(rows, b))
-    rho_batch_B = num_B / jnp.where(den_B > 0, den_B, 1)
-    rho_B = jnp.where(lab_B, 1, jnp.where(den_B > 0, rho_batch_B, fallback))
+    rho_B = _rho(lab_B, num_B, den_B, fallback)
     f_BxC = jnp.where(pass_B[:, None], rho_B[:, None] * p_BxC, 0)
     return contrastive.FactoredWeights(jax.lax.stop_gradient(f_BxC))
 

@@ -51,7 +51,7 @@ def test_factored_weights_equal_the_dense_rule(mode, threshold, rows, monkeypatc
         np.testing.assert_allclose(factored.dense(), dense, rtol=1e-6, atol=1e-7)
         jitted = jax.jit(lambda d, kw=kw: _weights(d, True, **kw).dense())(d)
         np.testing.assert_allclose(jitted, dense, rtol=1e-6, atol=1e-7)
-    # The fallback is in use: some unlabeled row predicted as class 3 has rho != 0.
+    # The fallback is exercised: some unlabeled row is predicted as class 3.
     pred_3 = (np.argmax(d["probs"], -1) == 3) & ~d["is_lab"]
     assert pred_3.any()
 
