@@ -29,6 +29,9 @@ CPU backend). For the packaged config of each dataset and architecture
   series on the synthetic dataset, the watch model; `--quick`: the synthetic model).
 
 Prints tables and writes everything, with machine info, to `--output` (JSON).
+Like the training command, it restarts itself once with transparent huge pages
+for XLA's scratch memory where that helps (robult_jax/host_memory.py;
+`ROBULT_JAX_HUGEPAGES=0` measures without them); the JSON records which.
 `--quick`: the synthetic dataset, "paper", batch sizes 64 and 128, 2 repeats,
 no PyTorch unless `--torch`; seconds, for tests/test_benchmark.py.
 """
@@ -44,8 +47,15 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # bench_jax, torch_reference; robult_jax
 
+if __name__ == "__main__":  # as the training command does, before JAX starts
+    from robult_jax import host_memory
+
+    host_memory.reexec_with_hugepages()
+
 import bench_jax  # noqa: E402
 import jax  # noqa: E402
+
+from robult_jax import host_memory  # noqa: E402
 
 DATASETS = ("watch", "mfeat", "av_digits", "synthetic")
 MEMORY_HEADROOM = 0.8  # skip a batch size whose XLA footprint exceeds this share of free memory
@@ -114,6 +124,10 @@ def machine_info(torch_ref) -> dict:
         "device_count": jax.device_count(), "cpu_count": os.cpu_count(), "threads": threads(),
         "python": platform.python_version(), "platform": platform.platform(),
         "processor": platform.processor(),
+        # Whether XLA's per-step scratch memory gets transparent huge pages (the CLI's
+        # default where it helps; ROBULT_JAX_HUGEPAGES=0 measures without them).
+        "glibc_malloc_hugetlb": host_memory.hugepages_on(),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
     }  # fmt: skip
     if torch_ref is not None:
         info["torch"] = torch_ref.torch.__version__

@@ -14,6 +14,11 @@ Thin on purpose: everything else lives in importable modules.
 import os
 import sys
 
+if __name__ == "__main__":  # first, before JAX starts: glibc reads its tunables at start-up
+    from robult_jax import host_memory
+
+    host_memory.reexec_with_hugepages()
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
