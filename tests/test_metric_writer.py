@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import struct
+import subprocess
 import sys
 
 import jax
@@ -192,3 +193,34 @@ def test_only_process_0_writes(tmp_path, monkeypatch):
     _write(writer, [1])
     writer.close()
     assert os.listdir(tmp_path) == []
+
+
+_PROBE = """
+import sys
+from robult_jax import metric_writer
+{before}
+metric_writer._tensorboardx()
+print("after writer:", "torch" in sys.modules)
+import torch
+print("torch:", torch.__name__, getattr(torch, "FAKE", False))
+"""
+
+
+@pytest.mark.parametrize("torch_first", [False, True])
+def test_tensorboardx_loads_without_importing_torch(tmp_path, torch_first):
+    """A stand-in `torch` package first on the path shows whether anything imports it."""
+    pytest.importorskip("tensorboardX")
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("FAKE = True\n\n\nclass Tensor:\n    pass\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.getcwd()]))
+    before = "import torch" if torch_first else ""
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(before=before)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    # Not imported on its own account; a torch the program imported first is left alone;
+    # and `import torch` works afterwards either way.
+    assert f"after writer: {torch_first}" in out, out
+    assert "torch: torch True" in out, out
