@@ -22,7 +22,8 @@ CPU backend). For the packaged config of each dataset and architecture
   every step (train.py's loop), and `robult_jax.data.pipeline.TrainBatches`;
 - evaluation throughput over every subset of modalities (`evaluate_subsets`);
 - with PyTorch installed, the same step in PyTorch eager and `torch.compile`
-  (experiments/torch_reference.py says why it is a fair reference), timed
+  (experiments/torch_reference.py says why it is a fair reference), in a
+  child process of its own (experiments/torch_worker.py says why) and timed
   interleaved with JAX (jax, eager, compile, jax, ...) so that the ratios hold
   on a noisy machine;
 - how step time grows with the number of modalities (2..8 identical (100, 3)
@@ -37,6 +38,7 @@ no PyTorch unless `--torch`; seconds, for tests/test_benchmark.py.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -54,6 +56,7 @@ if __name__ == "__main__":  # as the training command does, before JAX starts
 
 import bench_jax  # noqa: E402
 import jax  # noqa: E402
+import torch_worker  # noqa: E402
 
 from robult_jax import host_memory  # noqa: E402
 
@@ -97,7 +100,10 @@ def threads() -> int:
 
 
 def load_torch(wanted: bool):
-    """(torch_reference module or None, why not).
+    """(a torch_worker.TorchWorker or None, why not).
+
+    The PyTorch steps run in a child process (torch_worker says why), started
+    here with this process's environment and thread count.
 
     OpenMP threads wait passively (unless OMP_WAIT_POLICY is set): spinning
     threads stall on a descheduled peer whenever the machine runs anything else,
@@ -109,12 +115,12 @@ def load_torch(wanted: bool):
     if jax.default_backend() != "cpu":
         return None, f"the torch reference runs on CPU and JAX on {jax.default_backend()}"
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP
+    if importlib.util.find_spec("torch") is None:
+        return None, "PyTorch not installed; pip install torch==2.13.0"
     try:
-        import torch_reference
-    except ImportError as e:
-        return None, f"PyTorch not importable ({e}); pip install torch==2.13.0"
-    torch_reference.set_threads(threads())
-    return torch_reference, ""
+        return torch_worker.TorchWorker(threads()), ""
+    except RuntimeError as e:
+        return None, f"PyTorch did not start ({str(e).splitlines()[-1]}); pip install torch==2.13.0"
 
 
 def machine_info(torch_ref) -> dict:
@@ -130,8 +136,7 @@ def machine_info(torch_ref) -> dict:
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
     }  # fmt: skip
     if torch_ref is not None:
-        info["torch"] = torch_ref.torch.__version__
-        info["torch_threads"] = torch_ref.torch.get_num_threads()
+        info.update(torch_ref.info, torch_process="a child process (experiments/torch_worker.py)")
     return info
 
 
@@ -186,13 +191,12 @@ def bench_batch(config, args, peak_flops: float, torch_ref, torch_note: str) -> 
         return row, None
     runs = {"jax": jb.run}
     if torch_ref is not None:
-        eager = torch_ref.TorchStep(jb.cfg, jb.spec, jb.host_batches, compiled=False)
-        compiled = torch_ref.TorchStep(jb.cfg, jb.spec, jb.host_batches, compiled=True)
-        assert eager.num_params == jb.num_params, (eager.num_params, jb.num_params)
+        num_params = torch_ref.build(jb.cfg, jb.spec, jb.host_batches)
+        assert set(num_params.values()) == {jb.num_params}, (num_params, jb.num_params)
+        runs.update({name: torch_ref.runner(name) for name in torch_worker.VARIANTS})
         start = time.perf_counter()
-        compiled.run(1)
+        runs["torch_compile"](1)
         row["torch_compile_first_call_s"] = time.perf_counter() - start
-        runs.update(torch_eager=eager.run, torch_compile=compiled.run)
     else:
         row["torch"] = f"skipped: {torch_note}"
     times, steps = interleaved(runs, args.repeats, args.target_seconds)
@@ -349,11 +353,14 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine_info(torch_ref),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "args": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(args).items()},
-        "torch": torch_note or f"PyTorch {torch_ref.torch.__version__}, {threads()} threads",
+        "torch": torch_note
+        or f"PyTorch {torch_ref.info['torch']}, {threads()} threads, in a child process",
         "matmul_peak": peak, "configs": configs,
         "modality_scaling": bench_modalities(args, peak["flops_per_s"]),
         "wall_s": time.time() - started,
     }  # fmt: skip
+    if torch_ref is not None:
+        torch_ref.close()
     print_tables(result)
     with open(args.output, "w") as f:
         json.dump(result, f, indent=1)

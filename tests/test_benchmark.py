@@ -92,3 +92,33 @@ def test_torch_reference_matches_jax(architecture):
     assert step.num_params == num_params
     metrics = step.step(step.batches[0])
     assert np.isfinite(metrics["loss"].item()) and metrics["grad_norm"].item() > 0
+
+
+def test_torch_worker_runs_the_reference_in_its_own_process():
+    """The benchmark's PyTorch steps: built and timed in a child process, errors raised here."""
+    pytest.importorskip("torch")
+    sys.path.insert(0, EXPERIMENTS)
+    import torch_worker
+
+    config = configs.load("synthetic")
+    cfg = config_lib.from_config_dict(config)
+    dataset = make_synthetic(num_classes=3, num_train=64)
+    batch = jax.device_get(train.make_sampler(cfg, dataset.train, np.arange(0, 64, 4)).batch(0))
+    model = models.build_model(cfg.model, dataset.spec)
+    tx = objective.make_optimizer(cfg.optim, cfg.train.num_steps)
+    state = train.create_state(cfg, model, tx, dataset.spec, jax.random.key(0), batch)
+    num_params = sum(np.size(x) for x in jax.tree.leaves(state.params))
+
+    worker = torch_worker.TorchWorker(threads=1)
+    try:
+        assert worker.info["torch_threads"] == 1 and worker.info["torch"]
+        assert worker.build(cfg, dataset.spec, [batch]) == dict.fromkeys(
+            torch_worker.VARIANTS, num_params
+        )
+        assert worker.runner("torch_eager")(2) > 0  # seconds per step, timed in the worker
+        with pytest.raises(RuntimeError, match="KeyError: 'nope'"):
+            worker.runner("nope")(1)  # the worker's traceback, raised in this process
+        assert worker.runner("torch_eager")(1) > 0  # and the worker goes on serving
+    finally:
+        worker.close()
+    assert not worker._proc.is_alive()
