@@ -163,7 +163,15 @@ def interleaved(runs: dict, repeats: int, target_s: float) -> tuple[dict, dict]:
     Each `runs[name](k)` runs k steps and returns seconds per step. Two warm-up
     calls each, then k is chosen so that one timed run lasts about `target_s`;
     the repeats then go jax, eager, compile, jax, ... so that a slow patch of a
-    shared machine hits every contender alike.
+    shared machine hits every contender alike. Each timed run follows one
+    untimed step of the same contender: training runs its steps back to back,
+    and the first step after another contender's run pays for memory that the
+    other one freed. On this project's machine (a Firecracker VM whose kernel
+    reports freed pages to the host, `page_reporting`), the first JAX step at
+    B = 2048 after a PyTorch step took 1.45 to 1.76 s against 0.59 to 0.60 s
+    for the next one, all of the difference system time (2.4 s against 0.16 s
+    of it, the same 1,970 page faults); timed runs of one step (k = 1 at large
+    batches) measured that first step only.
     """
     steps = {}
     for name, run in runs.items():
@@ -172,6 +180,7 @@ def interleaved(runs: dict, repeats: int, target_s: float) -> tuple[dict, dict]:
     times = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
+            run(1)  # untimed: re-touch this contender's memory after the others' runs
             times[name].append(run(steps[name]))
     return times, steps
 

@@ -2,17 +2,21 @@
 
 The benchmark alternates timed runs of the JAX step and of the two PyTorch
 steps (`interleaved`), so that a slow patch of a shared machine hits every
-contender alike. They used to share one process; that skewed the JAX side:
-PyTorch's allocations and XLA's per-step scratch buffer then share one malloc
-heap, and the JAX step's speed came to depend on what PyTorch had allocated
-and freed before it. On this project's 2-core machine (watch, paper, B = 512,
-`--repeats 3`, 2026-12-04) the JAX step ran at 2,334 (without transparent
-huge pages for malloc) and 3,446 samples/s (with them) in a benchmark without
-PyTorch, but at 2,924 and 2,157 with PyTorch's steps in the same process: the
-sign of the huge-page effect flipped. Here each framework has its process (a
-user's own), the same environment, thread count and batches; only the pipe
+contender alike. Here each framework runs in a process of its own, as a
+user's program would: one malloc heap, allocator settings and thread pools
+each, with the same environment, thread count and batches; only the pipe
 between them is shared, and timing happens on each side around its own
 steps (`TorchStep.run`), so the pipe's latency is not in any step time.
+
+Why: with PyTorch's steps in the benchmark's own process the JAX step's
+speed depended on what ran before it (watch, paper, B = 512, 2026-12-04:
+2,334 and 3,446 samples/s without and with huge pages for malloc in a
+benchmark without PyTorch, 2,924 and 2,157 with PyTorch's steps in the same
+process). Most of that turned out not to be the shared heap: on this
+project's machine (a Firecracker VM whose kernel hands freed pages back to
+the host, `page_reporting`), whichever step runs first after another's
+freed memory pays for faulting it back, in a child process too, which is
+why `benchmark.interleaved` now runs one untimed step before each timed run.
 
 `TorchWorker(threads)` starts the process (multiprocessing "spawn": a fresh
 interpreter, nothing of the parent's JAX state), `build(cfg, spec, batches)`
