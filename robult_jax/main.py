@@ -13,6 +13,7 @@ Thin on purpose: everything else lives in importable modules.
 
 import os
 import sys
+import time
 
 if __name__ == "__main__":  # first, before JAX starts: glibc reads its tunables at start-up
     from robult_jax import host_memory
@@ -114,8 +115,9 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     train.enable_compilation_cache()
+    startup_s = process_age_s()
     try:
-        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except interrupts.Interrupted as e:
         print(e, file=sys.stderr)
         sys.exit(e.exit_status)  # 143 for SIGTERM, 130 for Ctrl-C, as if the signal had killed it
@@ -135,7 +137,26 @@ def main(argv: list[str]) -> None:
         sys.exit(2)
     if jax.process_index() == 0:  # the process that wrote them; the others may be ahead of it
         print(files.as_path(_WORKDIR.value).joinpath("results.md").read_text())
+        print(time_split(startup_s, results))
         print(f"Results, metrics and checkpoints are in {_WORKDIR.value}/")
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started, interpreter start included (Linux; else None)."""
+    try:
+        with open("/proc/self/stat") as f:
+            # Field 22, after the parenthesised command name: start time in clock ticks since boot.
+            started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - started
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def time_split(startup_s: float | None, results: dict) -> str:
+    """One line: where the invocation's wall time went (results.json's timing_s)."""
+    parts = ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in results["timing_s"].items())
+    before = "" if startup_s is None else f"start-up {startup_s:.1f} (interpreter, imports), then "
+    return f"Time (s): {before}{results['wall_time_s']:.1f} in train_and_evaluate: {parts}."
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -46,6 +46,7 @@ _JSON_ONLY = (
     "software",
     "devices",
     "wall_time_s",
+    "timing_s",
 )
 _log = logging.getLogger(__name__)
 

@@ -152,6 +152,39 @@ def data_record(dataset) -> dict:
     }
 
 
+class PhaseTimes:
+    """Wall seconds of one invocation by phase: results.json's "timing_s".
+
+    `with phases("checkpoint"): ...` adds the block's time to that phase.
+    Device work runs asynchronously, so a phase holds what the host waited
+    for in it: the train steps' compute shows in "train" (metrics are
+    fetched at log, eval and checkpoint steps before anything else is done
+    with the state), a checkpoint's in "checkpoint" only for what the save
+    holds the training thread (Orbax writes in the background).
+    """
+
+    PHASES = ("setup", "first_step", "train", "validation", "checkpoint", "test_evaluation")
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def summary(self) -> dict[str, float]:
+        """Every phase, rounded to 10 ms; "train" is the training loop less its other phases."""
+        return {k: round(v, 2) for k, v in self.seconds.items()}
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -171,6 +204,7 @@ def train_and_evaluate(
     (returns None), e.g. to fit a time-limited session; the next call resumes.
     `devices`: the devices of the data-parallel mesh (default: all).
     """
+    phases = PhaseTimes()
     cfg = config_lib.from_config_dict(config)
     check_batch_sizes(cfg, None if devices is None else len(devices))
     dataset = load_dataset(cfg.data)
@@ -181,12 +215,12 @@ def train_and_evaluate(
     # Multi-process runs leave SIGTERM to JAX: every process must stop at the same step.
     with lock, interrupts.StopSignals(enabled=jax.process_count() == 1) as signals:
         return _train_and_evaluate(
-            cfg, config, dataset, workdir, signals, pause_at_step=pause_at_step, devices=devices
-        )
+            cfg, config, dataset, workdir, signals, phases,
+            pause_at_step=pause_at_step, devices=devices,
+        )  # fmt: skip
 
 
-def _train_and_evaluate(cfg, config, dataset, workdir, signals, *, pause_at_step, devices):
-    started = time.time()
+def _train_and_evaluate(cfg, config, dataset, workdir, signals, phases, *, pause_at_step, devices):
     spec = dataset.spec
     task = tasks.get(spec.task)
     record = data_record(dataset)
@@ -251,15 +285,20 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, *, pause_at_step
     batches = pipeline.TrainBatches(
         train_sampler, mesh, start_step=start_step, stop_step=stop, prefetch=cfg.train.prefetch
     )
+    phases.seconds["setup"] = phases.elapsed()
+    loop_started = time.perf_counter()
     with signals.deferred(), contextlib.closing(writer), batches:
         for step, batch in batches:
-            state, metrics = train_step(state, batch, train_key)
-            done = step + 1
             if timed_from is None:
                 # The first step compiles; steps/s and the progress bar's ETA start after it.
-                jax.block_until_ready(metrics)
-                timed_from = (time.time(), done)
-                progress = Progress(num_steps, done, show_progress)
+                with phases("first_step"):
+                    state, metrics = train_step(state, batch, train_key)
+                    jax.block_until_ready(metrics)
+                timed_from = (time.time(), step + 1)
+                progress = Progress(num_steps, step + 1, show_progress)
+            else:
+                state, metrics = train_step(state, batch, train_key)
+            done = step + 1
             log = done % cfg.train.log_every == 0 or done == num_steps
             evaluate_now = done % cfg.train.eval_every == 0 or done == num_steps
             save = done % cfg.train.checkpoint_every == 0 or done in (num_steps, stop)
@@ -285,17 +324,20 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, *, pause_at_step
                     timed_from = (time.time(), done)
                 progress.update(0, loss=f"{float(metrics['loss']):.3f}")
             if evaluate_now:
-                val = evaluate.evaluate_subsets(
-                    predict, state.params, dataset.validation, task, **eval_kw
-                )
-                score = evaluate.validation_score(val, task)
+                with phases("validation"):
+                    val = evaluate.evaluate_subsets(
+                        predict, state.params, dataset.validation, task, **eval_kw
+                    )
+                    score = evaluate.validation_score(val, task)
                 row.update({f"eval/val/{s}/{k}": v for s, r in val.items() for k, v in r.items()})
                 row["eval/val/score"] = score
-                ckpt.save_best(done, state, score)
+                with phases("checkpoint"):
+                    ckpt.save_best(done, state, score)
             if row:
                 writer.write(done, row)
             if save:
-                ckpt.save(done, state)
+                with phases("checkpoint"):
+                    ckpt.save(done, state)
             if signals.requested:  # SIGTERM / Ctrl-C: keep this step, then stop
                 if not save:
                     ckpt.save(done, state)
@@ -308,13 +350,19 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, *, pause_at_step
                 progress.update(1)
     if progress is not None:
         progress.close()
-    ckpt.wait_until_finished()
+    with phases("checkpoint"):
+        ckpt.wait_until_finished()
+    loop_s = time.perf_counter() - loop_started
+    phases.seconds["train"] = loop_s - sum(
+        phases.seconds[k] for k in ("first_step", "validation", "checkpoint")
+    )
     if stop < num_steps:
         ckpt.close()
         return None
 
-    best = ckpt.restore_best(abstract_state)
-    best_step = ckpt.best_step()
+    with phases("checkpoint"):
+        best = ckpt.restore_best(abstract_state)
+        best_step = ckpt.best_step()
     if best is None:
         if num_steps > 0:  # the last step always evaluates, so a best must exist
             ckpt.close()
@@ -325,9 +373,10 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, *, pause_at_step
             )
         best, best_step = checkpointing.best_part(state), int(state.step)  # num_steps == 0
     eval_masks: dict[str, np.ndarray] = {}
-    results = _final_evaluation(
-        cfg, config, dataset, task, predict, best["params"], eval_kw, eval_masks
-    )
+    with phases("test_evaluation"):
+        results = _final_evaluation(
+            cfg, config, dataset, task, predict, best["params"], eval_kw, eval_masks
+        )
     results.update(
         software=provenance.software_versions(),
         devices={
@@ -337,8 +386,11 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, *, pause_at_step
             "processes": jax.process_count(),
         },
         num_parameters=int(sum(np.size(x) for x in jax.tree.leaves(best["params"]))),
-        # Of this invocation only (a resumed run's earlier attempts are not in it).
-        wall_time_s=round(time.time() - started, 1),
+        # Of this invocation only (a resumed run's earlier attempts are not in it), from
+        # loading the dataset to here (writing the reports comes after); by phase in
+        # timing_s (PhaseTimes; "train" is the steps after the first).
+        wall_time_s=round(phases.elapsed(), 1),
+        timing_s=phases.summary(),
         best_step=int(best_step),
         label_split_hash=sampler.indices_sha256(labeled_idx),
         num_labeled=int(len(labeled_idx)),

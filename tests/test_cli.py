@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from robult_jax import configs
+from robult_jax import configs, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,6 +78,10 @@ def test_an_own_config_outside_the_repository_starts_from_a_packaged_one(tmp_pat
     assert out.returncode == 0, out.stderr[-2000:]
     assert (workdir / "results.json").exists()
     assert '"architecture": "fused"' in (workdir / "results.json").read_text()
+    # Where the time went, after the results table: start-up, then the phases.
+    time_line = [line for line in out.stdout.splitlines() if line.startswith("Time (s):")]
+    assert len(time_line) == 1 and "start-up" in time_line[0], out.stdout[-2000:]
+    assert all(f"{phase.replace('_', ' ')} " in time_line[0] for phase in train.PhaseTimes.PHASES)
 
 
 OWN_ENCODER_AND_DATA = """

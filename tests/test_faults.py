@@ -64,7 +64,9 @@ def outcome(workdir):
     """Everything a finished run leaves that must not depend on how it got there."""
     with open(os.path.join(workdir, "results.json")) as f:
         results = json.load(f)
-    results.pop("wall_time_s")  # of the invocation that wrote it: the one field that differs
+    # Of the invocation that wrote them: the only fields that differ.
+    results.pop("wall_time_s")
+    results.pop("timing_s")
     best_step = results["best_step"]
     return {
         "results": results,

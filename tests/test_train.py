@@ -121,6 +121,15 @@ def test_training_learns_and_writes_results(tmp_path, architecture):
         np.size(x) for x in jax.tree.leaves(_params(str(tmp_path), config).params)
     )
     assert results["wall_time_s"] > 0
+    timing = results["timing_s"]
+    assert list(timing) == list(train.PhaseTimes.PHASES)
+    assert all(v >= 0 for v in timing.values()), timing
+    # The phases split the invocation: together no more than its wall time, and
+    # most of it (the rest is the final results dict and rounding).
+    assert (
+        0.8 * results["wall_time_s"] - 0.2 <= sum(timing.values()) <= results["wall_time_s"] + 0.1
+    )
+    assert timing["first_step"] > 0 and timing["train"] > 0 and timing["test_evaluation"] > 0
     assert (
         results["data_fingerprint"]
         == json.loads((tmp_path / "data.json").read_text())["fingerprint"]
