@@ -94,6 +94,7 @@ def test_torch_reference_matches_jax(architecture):
     assert np.isfinite(metrics["loss"].item()) and metrics["grad_norm"].item() > 0
 
 
+@pytest.mark.slow  # starts a fresh interpreter with torch: ~20 s
 def test_torch_worker_runs_the_reference_in_its_own_process():
     """The benchmark's PyTorch steps: built and timed in a child process, errors raised here."""
     pytest.importorskip("torch")
