@@ -289,16 +289,14 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, phases, *, pause
     loop_started = time.perf_counter()
     with signals.deferred(), contextlib.closing(writer), batches:
         for step, batch in batches:
+            state, metrics = train_step(state, batch, train_key)
+            done = step + 1
             if timed_from is None:
                 # The first step compiles; steps/s and the progress bar's ETA start after it.
-                with phases("first_step"):
-                    state, metrics = train_step(state, batch, train_key)
-                    jax.block_until_ready(metrics)
-                timed_from = (time.time(), step + 1)
-                progress = Progress(num_steps, step + 1, show_progress)
-            else:
-                state, metrics = train_step(state, batch, train_key)
-            done = step + 1
+                jax.block_until_ready(metrics)
+                phases.seconds["first_step"] = time.perf_counter() - loop_started  # batch 1 too
+                timed_from = (time.time(), done)
+                progress = Progress(num_steps, done, show_progress)
             log = done % cfg.train.log_every == 0 or done == num_steps
             evaluate_now = done % cfg.train.eval_every == 0 or done == num_steps
             save = done % cfg.train.checkpoint_every == 0 or done in (num_steps, stop)
