@@ -64,7 +64,7 @@ def _train_hint(workdir: str) -> str:
 
 
 def _read_spec(path: epath.Path) -> DatasetSpec:
-    """The inverse of `dataclasses.asdict` in `train.write_dataset_artifacts`."""
+    """The inverse of `dataclasses.asdict` in `workdir.write_dataset_artifacts`."""
     d = json.loads(path.read_text())
     return DatasetSpec(**{**d, "modalities": [ModalitySpec(**m) for m in d["modalities"]]})
 

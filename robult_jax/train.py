@@ -7,9 +7,6 @@ resumed run produces exactly the states an uninterrupted one would.
 """
 
 import contextlib
-import dataclasses
-import io
-import json
 import os
 import time
 
@@ -31,7 +28,6 @@ from robult_jax import (
     tasks,
 )
 from robult_jax import config as config_lib
-from robult_jax import data as data_lib
 from robult_jax import masks as masks_lib
 from robult_jax import workdir as workdir_lib
 from robult_jax.data import load_dataset, pipeline, sampler
@@ -81,42 +77,6 @@ def init_state(
     )(key)
 
 
-def write_dataset_artifacts(workdir: str, dataset) -> None:
-    """What `robult_jax.predict` needs to use the model without the training data.
-
-    dataset_spec.json: modalities, task and outputs (to rebuild the model);
-    input_stats.npz: the normalisation the loader applied, keys "<modality>/mean"
-    and "<modality>/std" (absent when the loader normalises nothing).
-    """
-    spec_json = json.dumps(dataclasses.asdict(dataset.spec), indent=2)
-    files.atomic_write(files.as_path(workdir) / "dataset_spec.json", spec_json.encode())
-    stats = getattr(dataset, "input_stats", None)
-    if stats:
-        buffer = io.BytesIO()
-        np.savez(
-            buffer, **{f"{m}/{k}": np.asarray(v) for m, d in stats.items() for k, v in d.items()}
-        )
-        files.atomic_write(files.as_path(workdir) / "input_stats.npz", buffer.getvalue())
-
-
-def _label_split(
-    sampling: config_lib.SamplingConfig, dataset, workdir: str, data_record: dict
-) -> tuple[np.ndarray, bool]:
-    """The labeled training indices, and whether they still have to be saved.
-
-    On resume the saved split is re-read and checked against the rate, seed,
-    dataset and data fingerprint of this run; a mismatch raises before anything
-    is written.
-    """
-    path = files.as_path(workdir) / "label_split.json"
-    check = dict(rate=sampling.label_rate, seed=sampling.label_seed)
-    check.update(dataset=data_record["name"], fingerprint=data_record["fingerprint"])
-    if path.exists():  # resume; or a first attempt that stopped right after writing it
-        return sampler.load_label_split(path, **check)[0], False
-    idx = sampler.label_split(dataset.train.labels, sampling.label_rate, sampling.label_seed)
-    return idx, True
-
-
 def make_sampler(
     cfg: config_lib.Config, split, labeled_idx: np.ndarray
 ) -> sampler.SemiSupervisedSampler:
@@ -139,17 +99,6 @@ def check_batch_sizes(cfg: config_lib.Config, num_devices: int | None = None) ->
         ("eval.batch_size", cfg.eval.batch_size),
     ):
         parallel.check_batch_size(size, field, num_devices)
-
-
-def data_record(dataset) -> dict:
-    """What a workdir records of its data (data.json, results.json): checked on resume."""
-    spec = dataset.spec
-    return {
-        "name": spec.name,
-        "variant": spec.variant or spec.name,
-        "fingerprint": data_lib.fingerprint(dataset),
-        "cleaning": dataset.cleaning,
-    }
 
 
 class PhaseTimes:
@@ -223,11 +172,11 @@ def train_and_evaluate(
 def _train_and_evaluate(cfg, config, dataset, workdir, signals, phases, *, pause_at_step, devices):
     spec = dataset.spec
     task = tasks.get(spec.task)
-    record = data_record(dataset)
+    record = workdir_lib.data_record(dataset)
     # Read-only checks first: a mismatch must leave the workdir as it was.
     workdir_lib.check_workdir_config(workdir, config)
     workdir_lib.check_workdir_data(workdir, record)
-    labeled_idx, new_split = _label_split(cfg.sampling, dataset, workdir, record)
+    labeled_idx, new_split = workdir_lib.label_split(cfg.sampling, dataset, workdir, record)
 
     mesh = parallel.make_mesh(devices)
     train_sampler = make_sampler(cfg, dataset.train, labeled_idx)
@@ -262,7 +211,7 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, phases, *, pause
                 dataset=record["name"],
                 fingerprint=record["fingerprint"],
             )
-        write_dataset_artifacts(workdir, dataset)
+        workdir_lib.write_dataset_artifacts(workdir, dataset)
     writer = MetricWriter(workdir, resume_step=start_step, tensorboard=cfg.train.tensorboard)
     writer.write_hparams(workdir_lib.config_to_dict(config))
 

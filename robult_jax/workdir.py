@@ -3,21 +3,31 @@
   config.json  the run's config; a later run in the same workdir must have the
                same one, except for `RESUMABLE_FIELDS` (`check_workdir_config`)
   data.json    the data it was trained on: dataset, variant, content
-               fingerprint (`check_workdir_data`)
+               fingerprint (`data_record`, `check_workdir_data`)
+  label_split.json  the labeled training rows, re-read and checked on resume
+               (`label_split`)
+  dataset_spec.json, input_stats.npz  what `robult_jax.predict` needs to use
+               the model without the training data (`write_dataset_artifacts`)
 
 So a typo in `--workdir` or a changed data file cannot mix two experiments:
 the run stops with a message instead of resuming another run's checkpoints
-(`robult_jax.checkpointing`). Both files are written with `files.atomic_write`.
+(`robult_jax.checkpointing`). Every one is written with `files.atomic_write`.
 """
 
+import dataclasses
+import io
 import json
 import os
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
+from robult_jax import config as config_lib
+from robult_jax import data as data_lib
 from robult_jax import files
+from robult_jax.data import sampler
 
 # Fields that may change between a run and its resumption: they change how
 # often things happen or how the result is evaluated, not what is trained.
@@ -116,3 +126,50 @@ def write_workdir_config(workdir: str | os.PathLike, config: ml_collections.Conf
     if jax.process_index() == 0:
         text = json.dumps(config_to_dict(config), indent=2, sort_keys=True)
         files.atomic_write(files.as_path(workdir) / "config.json", text.encode())
+
+
+def data_record(dataset) -> dict:
+    """What a workdir records of its data (data.json, results.json): checked on resume."""
+    spec = dataset.spec
+    return {
+        "name": spec.name,
+        "variant": spec.variant or spec.name,
+        "fingerprint": data_lib.fingerprint(dataset),
+        "cleaning": dataset.cleaning,
+    }
+
+
+def label_split(
+    sampling: config_lib.SamplingConfig, dataset, workdir: str, record: dict
+) -> tuple[np.ndarray, bool]:
+    """The labeled training indices, and whether they still have to be saved.
+
+    On resume the saved split is re-read and checked against the rate, seed,
+    dataset and data fingerprint of this run; a mismatch raises before anything
+    is written.
+    """
+    path = files.as_path(workdir) / "label_split.json"
+    check = dict(rate=sampling.label_rate, seed=sampling.label_seed)
+    check.update(dataset=record["name"], fingerprint=record["fingerprint"])
+    if path.exists():  # resume; or a first attempt that stopped right after writing it
+        return sampler.load_label_split(path, **check)[0], False
+    idx = sampler.label_split(dataset.train.labels, sampling.label_rate, sampling.label_seed)
+    return idx, True
+
+
+def write_dataset_artifacts(workdir: str, dataset) -> None:
+    """What `robult_jax.predict` needs to use the model without the training data.
+
+    dataset_spec.json: modalities, task and outputs (to rebuild the model);
+    input_stats.npz: the normalisation the loader applied, keys "<modality>/mean"
+    and "<modality>/std" (absent when the loader normalises nothing).
+    """
+    spec_json = json.dumps(dataclasses.asdict(dataset.spec), indent=2)
+    files.atomic_write(files.as_path(workdir) / "dataset_spec.json", spec_json.encode())
+    stats = getattr(dataset, "input_stats", None)
+    if stats:
+        buffer = io.BytesIO()
+        np.savez(
+            buffer, **{f"{m}/{k}": np.asarray(v) for m, d in stats.items() for k, v in d.items()}
+        )
+        files.atomic_write(files.as_path(workdir) / "input_stats.npz", buffer.getvalue())
