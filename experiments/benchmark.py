@@ -123,17 +123,6 @@ def load_torch(wanted: bool):
         return None, f"PyTorch did not start ({str(e).splitlines()[-1]}); pip install torch==2.13.0"
 
 
-PAGE_REPORTING = "/sys/module/page_reporting/parameters/page_reporting_order"
-
-
-def read_text(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
 def machine_info(torch_ref) -> dict:
     dev = jax.devices()[0]
     info = {
@@ -146,9 +135,8 @@ def machine_info(torch_ref) -> dict:
         "glibc_malloc_hugetlb": host_memory.hugepages_on(),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         "transparent_hugepages": host_memory.thp_mode(),
-        # Set where the kernel hands freed pages back to a hypervisor (this project's
-        # VMs): a step after other work then pays to fault its memory back in.
-        "page_reporting_order": read_text(PAGE_REPORTING),
+        # Set on VMs like this project's: a step after other work pays for its memory.
+        "page_reporting_order": host_memory.page_reporting_order(),
     }  # fmt: skip
     if torch_ref is not None:
         info.update(torch_ref.info, torch_process="a child process (experiments/torch_worker.py)")

@@ -37,6 +37,8 @@ import sys
 OPT_OUT = "ROBULT_JAX_HUGEPAGES"  # "0": never re-exec
 TUNABLE = "glibc.malloc.hugetlb"
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+# Present where the kernel hands freed pages back to a hypervisor (free page reporting).
+PAGE_REPORTING = "/sys/module/page_reporting/parameters/page_reporting_order"
 
 
 def glibc_version() -> tuple[int, int] | None:
@@ -49,15 +51,28 @@ def glibc_version() -> tuple[int, int] | None:
         return None
 
 
-def thp_mode(path: str = THP_ENABLED) -> str | None:
-    """The kernel's transparent huge page mode ("always", "madvise", "never"), or None."""
+def _read(path: str) -> str | None:
     try:
         with open(path) as f:
-            text = f.read()
+            return f.read().strip()
     except OSError:
         return None
+
+
+def thp_mode(path: str = THP_ENABLED) -> str | None:
+    """The kernel's transparent huge page mode ("always", "madvise", "never"), or None."""
+    text = _read(path) or ""
     start, end = text.find("["), text.find("]")
     return text[start + 1 : end] if 0 <= start < end else None
+
+
+def page_reporting_order(path: str = PAGE_REPORTING) -> str | None:
+    """The smallest free block (as a page order) the kernel reports to its hypervisor, or None.
+
+    Set on VMs with free page reporting: memory freed a moment ago (by this
+    process or another) costs a fault to the host when it is touched again.
+    """
+    return _read(path)
 
 
 def tunables_with_hugepages(

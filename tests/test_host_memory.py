@@ -41,6 +41,9 @@ def test_thp_mode_is_the_bracketed_word(tmp_path):
     path.write_text("[always] madvise never\n")
     assert hm.thp_mode(str(path)) == "always"
     assert hm.thp_mode(str(tmp_path / "missing")) is None
+    (tmp_path / "order").write_text("9\n")
+    assert hm.page_reporting_order(str(tmp_path / "order")) == "9"
+    assert hm.page_reporting_order(str(tmp_path / "missing")) is None
     assert hm.hugepages_on({"GLIBC_TUNABLES": f"a=1:{TUNABLE}"})
     assert not hm.hugepages_on({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
 
