@@ -30,9 +30,10 @@ CPU backend). For the packaged config of each dataset and architecture
   series on the synthetic dataset, the watch model; `--quick`: the synthetic model).
 
 Prints tables and writes everything, with machine info, to `--output` (JSON).
-Like the training command, it restarts itself once with transparent huge pages
-for XLA's scratch memory where that helps (robult_jax/host_memory.py;
-`ROBULT_JAX_HUGEPAGES=0` measures without them); the JSON records which.
+Like the training command, it restarts itself once with mimalloc or glibc's
+huge pages for XLA's scratch memory where that helps (robult_jax/host_memory.py;
+`ROBULT_JAX_MALLOC=glibc` or `off` measures without mimalloc); the JSON records
+which, and the PyTorch child process inherits the same allocator.
 `--quick`: the synthetic dataset, "paper", batch sizes 64 and 128, 2 repeats,
 no PyTorch unless `--torch`; seconds, for tests/test_benchmark.py.
 """
@@ -52,7 +53,7 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]  # bench_jax, torch_reference; robu
 if __name__ == "__main__":  # as the training command does, before JAX starts
     from robult_jax import host_memory
 
-    host_memory.reexec_with_hugepages()
+    host_memory.reexec_with_fast_malloc()
 
 import bench_jax  # noqa: E402
 import jax  # noqa: E402
@@ -130,8 +131,9 @@ def machine_info(torch_ref) -> dict:
         "device_count": jax.device_count(), "cpu_count": os.cpu_count(), "threads": threads(),
         "python": platform.python_version(), "platform": platform.platform(),
         "processor": platform.processor(),
-        # Whether XLA's per-step scratch memory gets transparent huge pages (the CLI's
-        # default where it helps; ROBULT_JAX_HUGEPAGES=0 measures without them).
+        # How XLA's per-step scratch memory is allocated: "mimalloc" (the CLI's default
+        # where installed), "glibc+hugetlb" or "glibc" (ROBULT_JAX_MALLOC=glibc / off).
+        "malloc": host_memory.malloc_in_use(),
         "glibc_malloc_hugetlb": host_memory.hugepages_on(),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         "transparent_hugepages": host_memory.thp_mode(),

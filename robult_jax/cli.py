@@ -30,9 +30,9 @@ COMMANDS = {
 
 
 ABSL_COMMANDS = ("train", "predict")  # absl flags; the others parse with argparse
-# Commands that run XLA programs on the host's CPU: they restart once with transparent
-# huge pages for XLA's scratch memory where that helps (robult_jax/host_memory.py).
-HUGEPAGE_COMMANDS = ("train", "predict", "compare")
+# Commands that run XLA programs on the host's CPU: they restart once with mimalloc or
+# glibc's huge pages for XLA's scratch memory where that helps (robult_jax/host_memory.py).
+FAST_MALLOC_COMMANDS = ("train", "predict", "compare")
 
 
 def accept_jax_flags() -> None:
@@ -61,10 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}.\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
-    if name in HUGEPAGE_COMMANDS:  # before the command's module imports JAX
+    if name in FAST_MALLOC_COMMANDS:  # before the command's module imports JAX
         from robult_jax import host_memory
 
-        host_memory.reexec_with_hugepages()
+        host_memory.reexec_with_fast_malloc()
     module = importlib.import_module(COMMANDS[name][0])
     if name in ABSL_COMMANDS and any(a in ("-h", "--help", "-help") for a in argv[2:]):
         # absl's own --help describes the program's __main__ module, not this command.

@@ -15,10 +15,10 @@ import os
 import sys
 import time
 
-if __name__ == "__main__":  # first, before JAX starts: glibc reads its tunables at start-up
+if __name__ == "__main__":  # first, before JAX starts: malloc is chosen at start-up
     from robult_jax import host_memory
 
-    host_memory.reexec_with_hugepages()
+    host_memory.reexec_with_fast_malloc()
 
 import jax
 from absl import app, flags, logging

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from robult_jax import config as config_lib
-from robult_jax import configs, models, objective, tasks, train
+from robult_jax import configs, host_memory, models, objective, tasks, train
 from robult_jax.data.synthetic import make_synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +32,9 @@ def test_quick_benchmark_fields(tmp_path):
     # What decides how host memory behaves: recorded (None where the system has no such file).
     for key in ("glibc_malloc_hugetlb", "transparent_hugepages", "page_reporting_order"):
         assert key in result["machine"], key
+    # The allocator the benchmark restarted itself with, as loaded in its process.
+    expected = ("mimalloc",) if host_memory.mimalloc_library() else ("glibc", "glibc+hugetlb")
+    assert result["machine"]["malloc"] in expected
     assert result["matmul_peak"]["flops_per_s"] > 0
     (run,) = result["configs"]
     assert run["config"] == "synthetic"
