@@ -54,8 +54,8 @@ CHOICES = ("auto", "mimalloc", "glibc", "off")
 OPT_OUT = "ROBULT_JAX_HUGEPAGES"  # the older switch: "0" means "off"
 TUNABLE = "glibc.malloc.hugetlb"
 MIMALLOC_DIST = "cmeel-mimalloc"
-# Without it mimalloc returns freed memory to the system after 10 ms, and the
-# next step faults it in again (at batch 2048 as slow as glibc with huge pages).
+# Freed memory is never returned to the system: with mimalloc's defaults the steps
+# still faulted their scratch memory in (at batch 2048 as slow as glibc's huge pages).
 MIMALLOC_SETTINGS = {"MIMALLOC_PURGE_DELAY": "-1"}
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 # Present where the kernel hands freed pages back to a hypervisor (free page reporting).
