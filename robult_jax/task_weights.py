@@ -61,7 +61,8 @@ def _prepare(
         raise ValueError(f"{ref} and s_BxP {s_BxP.shape} must both be 2-D.")
     check_shape("is_labeled_B", is_labeled_B, beliefs.shape[:1], ref)
     check_shape("s_BxP", s_BxP, (beliefs.shape[0], None), ref)
-    dtype = jnp.promote_types(s_BxP.dtype, jnp.float32)
+    # Canonical: float32 unless x64 is on (a float64 numpy s_BxP would warn otherwise).
+    dtype = jax.dtypes.canonicalize_dtype(jnp.promote_types(s_BxP.dtype, jnp.float32))
     # jnp.asarray: eagerly, a numpy input would otherwise stay numpy (float64) here.
     lab_B = jnp.asarray(is_labeled_B).astype(bool)
     return ref, dtype, lab_B, jax.lax.stop_gradient(jnp.asarray(beliefs)).astype(dtype)
@@ -88,7 +89,8 @@ def _combine(
 
     Inputs other than s_BxP are already stop-gradient.
     """
-    dtype = jnp.promote_types(s_BxP.dtype, jnp.float32)
+    # Canonical: float32 unless x64 is on (a float64 numpy s_BxP would warn otherwise).
+    dtype = jax.dtypes.canonicalize_dtype(jnp.promote_types(s_BxP.dtype, jnp.float32))
     eye_BxB = jnp.eye(lab_B.shape[0], dtype=dtype)
     if mode == "none":
         return eye_BxB

@@ -283,6 +283,7 @@ def test_soft_pu_absent_labeled_row_is_ignored():
     equal(loss(-1.0), loss(0.0))  # today: a finite garbage s_1 changes the present rows' loss
 
 
+@pytest.mark.filterwarnings("error")  # and quietly: no "float64 ... truncated" warnings
 def test_eager_positive_weights_take_float64_numpy_arrays():
     labels, lab = np.zeros(3, np.int32), np.ones(3, bool)
     w = losses.positive_weights(labels, lab, np.full((3, 2), 0.5), np.zeros((3, 2)))
