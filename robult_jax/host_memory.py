@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 
 CHOICE = "ROBULT_JAX_MALLOC"  # auto | mimalloc | glibc | off
 CHOICES = ("auto", "mimalloc", "glibc", "off")
@@ -151,26 +152,30 @@ def tunables_with_hugepages(
 def reexec_environment(
     environ: dict[str, str],
     *,
-    mimalloc: str | None,
+    find_mimalloc: Callable[[], str | None],
     glibc: tuple[int, int] | None,
     mode: str | None,
 ) -> dict[str, str] | None:
     """The variables to add to `environ` for the re-exec, or None where none would help.
 
-    `mimalloc`: the library's path (`mimalloc_library()`) or None; `glibc` and
-    `mode`: `glibc_version()` and `thp_mode()`. Raises ValueError for a bad
+    `find_mimalloc`: `mimalloc_library` (about 20 ms, so called only where
+    its answer is needed: not in the restarted process); `glibc` and `mode`:
+    `glibc_version()` and `thp_mode()`. Raises ValueError for a bad
     `ROBULT_JAX_MALLOC`, and for "mimalloc" when the wheel is not installed.
     """
     choice = malloc_choice(environ)
     preloads = _preloads(environ)
     if choice == "off" or any(_is_mimalloc(p) for p in preloads):
         return None
+    # "auto" leaves another preload alone; "glibc" never needs the wheel.
+    wanted = choice == "mimalloc" or (choice == "auto" and not preloads)
+    mimalloc = find_mimalloc() if wanted else None
     if choice == "mimalloc" and mimalloc is None:
         raise ValueError(
             f"{CHOICE}=mimalloc, but the {MIMALLOC_DIST} wheel is not installed: "
             f"`pip install {MIMALLOC_DIST}` (Linux x86-64 or aarch64), or unset {CHOICE}."
         )
-    if choice == "mimalloc" or (choice == "auto" and mimalloc is not None and not preloads):
+    if mimalloc is not None:
         settings = {k: v for k, v in MIMALLOC_SETTINGS.items() if k not in environ}  # yours win
         return {"LD_PRELOAD": " ".join([mimalloc, *preloads]), **settings}
     tunables = tunables_with_hugepages(environ, glibc, mode)
@@ -205,13 +210,8 @@ def reexec_with_fast_malloc() -> None:
         return
     environ = dict(os.environ)
     try:
-        # Only look for the wheel where it could be used.
-        want_mimalloc = malloc_choice(environ) in ("auto", "mimalloc")
         extra = reexec_environment(
-            environ,
-            mimalloc=mimalloc_library() if want_mimalloc else None,
-            glibc=glibc_version(),
-            mode=thp_mode(),
+            environ, find_mimalloc=mimalloc_library, glibc=glibc_version(), mode=thp_mode()
         )
     except ValueError as e:  # a bad setting: say so before anything starts
         raise SystemExit(f"error: {e}") from None

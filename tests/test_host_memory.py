@@ -73,7 +73,17 @@ GLIBC = dict(glibc=(2, 36), mode="madvise")
     ],
 )  # fmt: skip
 def test_which_allocator_the_restart_chooses(environ, mimalloc, expected):
-    assert hm.reexec_environment(environ, mimalloc=mimalloc, **GLIBC) == expected
+    looked_up = []
+
+    def find():
+        looked_up.append(True)
+        return mimalloc
+
+    assert hm.reexec_environment(environ, find_mimalloc=find, **GLIBC) == expected
+    if "LD_PRELOAD" in environ and hm.CHOICE not in environ:
+        assert not looked_up  # restarted already, or another preload: no 20 ms look-up
+    if environ.get(hm.CHOICE, "").strip().lower() in ("glibc", "off"):
+        assert not looked_up
 
 
 @pytest.mark.parametrize(
@@ -85,7 +95,7 @@ def test_which_allocator_the_restart_chooses(environ, mimalloc, expected):
 )
 def test_bad_allocator_settings_say_what_to_do(environ, match):
     with pytest.raises(ValueError, match=match):
-        hm.reexec_environment(environ, mimalloc=None, **GLIBC)
+        hm.reexec_environment(environ, find_mimalloc=lambda: None, **GLIBC)
 
 
 def test_a_bad_setting_stops_the_command_before_it_starts(tmp_path):
