@@ -24,8 +24,6 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
-# What a choice sets in the child: none may leak in from this shell.
-SET_BY_CHOICE = ("LD_PRELOAD", "GLIBC_TUNABLES", "MIMALLOC_PURGE_DELAY", "ROBULT_JAX_HUGEPAGES")
 
 
 def child(batch_size: int, architecture: str, runs: int) -> dict:
@@ -61,6 +59,8 @@ def child(batch_size: int, architecture: str, runs: int) -> dict:
 
 
 def main() -> None:
+    from robult_jax import host_memory  # light: no JAX in this parent process
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-sizes", default="128,512,2048")
     parser.add_argument("--architecture", default="paper", choices=("paper", "fused"))
@@ -84,10 +84,9 @@ def main() -> None:
             for choice in args.choices.split(","):
                 cmd = [sys.executable, os.path.abspath(__file__), "--child", str(batch_size),
                        "--architecture", args.architecture, "--runs", str(args.runs)]  # fmt: skip
-                env = {
-                    k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES")
-                }
-                env["ROBULT_JAX_MALLOC"] = choice
+                # Only the choice decides the child's allocator: nothing leaks in from here.
+                env = {k: v for k, v in os.environ.items() if k not in host_memory.ENVIRONMENT}
+                env[host_memory.CHOICE] = choice
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
                 row = dict(json.loads(out.stdout.splitlines()[-1]), batch_size=batch_size,
                            choice=choice)  # fmt: skip

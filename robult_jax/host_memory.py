@@ -58,6 +58,9 @@ MIMALLOC_DIST = "cmeel-mimalloc"
 # Freed memory is never returned to the system: with mimalloc's defaults the steps
 # still faulted their scratch memory in (at batch 2048 as slow as glibc's huge pages).
 MIMALLOC_SETTINGS = {"MIMALLOC_PURGE_DELAY": "-1"}
+# Every variable that decides a process's allocator here: what a caller clears to get
+# this module's default choice (tests, experiments/malloc_ab.py).
+ENVIRONMENT = ("LD_PRELOAD", "GLIBC_TUNABLES", *MIMALLOC_SETTINGS, CHOICE, OPT_OUT)
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 # Present where the kernel hands freed pages back to a hypervisor (free page reporting).
 PAGE_REPORTING = "/sys/module/page_reporting/parameters/page_reporting_order"

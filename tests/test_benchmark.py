@@ -24,7 +24,7 @@ def test_quick_benchmark_fields(tmp_path):
     out = tmp_path / "bench.json"
     # A subprocess: the benchmark sets up JAX itself (one CPU device, no test cache).
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    for var in ("LD_PRELOAD", "GLIBC_TUNABLES", host_memory.CHOICE, host_memory.OPT_OUT):
+    for var in host_memory.ENVIRONMENT:
         env.pop(var, None)  # the allocator is the benchmark's own default choice
     cmd = [sys.executable, os.path.join(EXPERIMENTS, "benchmark.py"), "--quick"]
     subprocess.run([*cmd, "--output", str(out)], check=True, env=env, cwd=tmp_path, timeout=600)

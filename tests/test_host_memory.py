@@ -145,11 +145,10 @@ _SCRIPT = textwrap.dedent("""
     host_memory.reexec_with_fast_malloc()
     print("after", os.getpid(), host_memory.malloc_in_use(), flush=True)
 """)
-_OURS = ("GLIBC_TUNABLES", "LD_PRELOAD", "MIMALLOC_PURGE_DELAY", hm.CHOICE, hm.OPT_OUT)
 
 
 def _run(args, env_extra):
-    env = {k: v for k, v in os.environ.items() if k not in _OURS}
+    env = {k: v for k, v in os.environ.items() if k not in hm.ENVIRONMENT}
     env.update(env_extra, PYTHONPATH=ROOT)
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
