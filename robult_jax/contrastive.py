@@ -38,6 +38,7 @@ handles it, traced or not. w gets a zero gradient (it is a constant of the
 loss, as `weighted_contrastive_loss` documents).
 """
 
+import contextlib
 import dataclasses
 import functools
 
@@ -54,17 +55,44 @@ MASKED_LOGIT = -1e9
 # on 2 cores, B = 2048 and 8192, M = 2 (README "Performance").
 _BLOCK_ELEMENTS = 2**19
 _MIN_ROWS = 64
+_whole_batch = False
+
+
+@contextlib.contextmanager
+def whole_batch():
+    """Within it, `row_block` is the whole batch on any backend: traced programs have no loop.
+
+    For counting FLOPs: XLA's cost analysis counts the body of a loop once,
+    not once per iteration, so for a step traced with N blocks of rows it
+    counts one block's worth of the loops' FLOPs. The same step traced here
+    computes the same loss in one block, so its count is whole (lower it to
+    count, do not run it on CPU: its M x B x B logits leave the caches).
+    Trace a new function object inside it (a `jax.jit` of a function traced
+    before may reuse that trace). `experiments/bench_jax.executed_flops`
+    uses it.
+
+    >>> with whole_batch():
+    ...     row_block(8192, 2, "cpu")
+    8192
+    """
+    global _whole_batch
+    before, _whole_batch = _whole_batch, True
+    try:
+        yield
+    finally:
+        _whole_batch = before
 
 
 def row_block(b: int, m: int, backend: str | None = None) -> int:
-    """Anchor rows per block: the whole batch off CPU or when it fits, else a power of 2.
+    """Anchor rows per block: the whole batch off CPU, when it fits or within `whole_batch`,
+    else a power of 2.
 
     >>> row_block(8192, 2, "cpu"), row_block(2048, 2, "cpu"), row_block(512, 2, "cpu")
     (64, 128, 512)
     >>> row_block(8192, 2, "gpu")
     8192
     """
-    if (backend or jax.default_backend()) != "cpu" or b * b * m <= _BLOCK_ELEMENTS:
+    if _whole_batch or (backend or jax.default_backend()) != "cpu" or b * b * m <= _BLOCK_ELEMENTS:
         return b
     rows = _MIN_ROWS
     while 2 * rows * b * m <= _BLOCK_ELEMENTS:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from robult_jax import config as config_lib
-from robult_jax import configs, host_memory, models, objective, tasks, train
+from robult_jax import configs, contrastive, host_memory, models, objective, tasks, train
 from robult_jax.data.synthetic import make_synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,6 +56,22 @@ def test_quick_benchmark_fields(tmp_path):
     assert run["eval"]["subsets"] == 3 and run["eval"]["samples_per_s"] > 0
     (scaling,) = result["modality_scaling"]
     assert scaling["modalities"] == 2 and scaling["step_s"] > 0 and scaling["flops"] > 0
+
+
+def test_executed_flops_counts_every_block_of_rows():
+    """XLA's cost analysis counts a loop's body once: with 4 blocks of anchor rows it
+    misses 3 of the contrastive term's 4 blocks; executed_flops adds them back."""
+    sys.path.insert(0, EXPERIMENTS)
+    import bench_jax
+
+    b, m, p = 1024, 2, 16
+    assert contrastive.row_block(b, m, "cpu") == b // 4
+    out = bench_jax.contrastive_term(b, m, p, num_classes=4, repeats=1)
+    # Logits in the forward pass, again in the backward, and the two products with p.
+    matmuls = 4 * (2 * b * b * p * m)
+    assert out["flops_xla"] < matmuls / 2 and out["flops_in_loops"] > 0
+    assert matmuls <= out["flops"] == out["flops_xla"] + out["flops_in_loops"]
+    assert out["flops"] < 2 * matmuls  # the rest (exp, rho's kernel, masks) is smaller
 
 
 @pytest.mark.parametrize("architecture", ["paper", "fused"])
