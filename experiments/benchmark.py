@@ -14,8 +14,10 @@ CPU backend). For the packaged config of each dataset and architecture
 - train-step time (median over `--repeats` timed runs after warm-up, each
   run long enough to be timed, on batches from the real sampler placed on
   the devices up front) and samples/s;
-- FLOPs of one step (XLA cost analysis), the achieved FLOP/s, and its share
-  of this machine's float32 matmul peak, measured in the same process;
+- FLOPs of one step (XLA cost analysis, every iteration of its loops
+  counted: `bench_jax.executed_flops`), the achieved FLOP/s, and its share
+  of this machine's float32 matmul peak, measured in the same process and
+  interleaved with the step (`bench_jax.MatmulPeak`);
 - the contrastive term alone (B x B x M) against the whole step;
 - XLA's memory footprint of the step, the peak device memory (or process RSS);
 - the input pipeline: steps/s on pre-placed batches, sampling + `shard_batch`
@@ -190,7 +192,7 @@ def interleaved(runs: dict, repeats: int, target_s: float) -> tuple[dict, dict]:
     return times, steps
 
 
-def bench_batch(config, args, peak_flops: float, torch_ref, torch_note: str) -> tuple:
+def bench_batch(config, args, peak, torch_ref, torch_note: str) -> tuple:
     """One config at one batch size: the row of the tables, and its JaxBench."""
     jb = bench_jax.JaxBench(config)
     b = jb.batch_size
@@ -203,7 +205,7 @@ def bench_batch(config, args, peak_flops: float, torch_ref, torch_note: str) -> 
             f"XLA footprint {footprint / 2**30:.1f} GiB > {MEMORY_HEADROOM:.0%} of free"
         )
         return row, None
-    runs = {"jax": jb.run}
+    runs = {"jax": jb.run, "matmul_peak": peak.run}
     if torch_ref is not None:
         num_params = torch_ref.build(jb.cfg, jb.spec, jb.host_batches)
         assert set(num_params.values()) == {jb.num_params}, (num_params, jb.num_params)
@@ -214,6 +216,7 @@ def bench_batch(config, args, peak_flops: float, torch_ref, torch_note: str) -> 
     else:
         row["torch"] = f"skipped: {torch_note}"
     times, steps = interleaved(runs, args.repeats, args.target_seconds)
+    row["matmul_peak"] = peak.summary(times.pop("matmul_peak"))
     for name, ts in times.items():
         med = bench_jax.median(ts)
         row[name] = {"step_s": med, "samples_per_s": b / med, "steps_per_run": steps[name],
@@ -222,7 +225,7 @@ def bench_batch(config, args, peak_flops: float, torch_ref, torch_note: str) -> 
         if name in row:
             row[f"ratio_jax_over_{name}"] = row["jax"]["samples_per_s"] / row[name]["samples_per_s"]
     row["flops_per_s"] = row["flops"] / row["jax"]["step_s"]
-    row["share_of_peak"] = row["flops_per_s"] / peak_flops
+    row["share_of_peak"] = row["flops_per_s"] / row["matmul_peak"]["flops_per_s"]
     spec, cfg = jb.spec, jb.cfg
     contrastive = bench_jax.contrastive_term(
         b, len(spec.modalities), cfg.model.embed_dim, spec.num_outputs, args.repeats
@@ -248,11 +251,11 @@ def bench_pipeline(jb, args) -> dict:
     return out
 
 
-def bench_config(name: str, args, peak_flops: float, torch_ref, torch_note: str) -> dict:
+def bench_config(name: str, args, peak, torch_ref, torch_note: str) -> dict:
     result = {"config": name, "dtype": args.dtype, "batches": []}
     for b in args.batch_sizes:
         config = bench_jax.load_config(name, batch_size=b, dtype=args.dtype)
-        row, jb = bench_batch(config, args, peak_flops, torch_ref, torch_note)
+        row, jb = bench_batch(config, args, peak, torch_ref, torch_note)
         result["batches"].append(row)
         print(f"  {name} B={b}: {_brief(row)}", flush=True)
         if jb is not None and "eval" not in result:
@@ -260,7 +263,7 @@ def bench_config(name: str, args, peak_flops: float, torch_ref, torch_note: str)
     return result
 
 
-def bench_modalities(args, peak_flops: float) -> list[dict]:
+def bench_modalities(args, peak) -> list[dict]:
     """Step time against the number of modalities at one batch size, JAX only."""
     base, shape = ("synthetic", (16, 3)) if args.quick else ("watch", (100, 3))
     rows = []
@@ -274,9 +277,11 @@ def bench_modalities(args, peak_flops: float) -> list[dict]:
             row = {"architecture": arch, "modalities": m, "num_params": jb.num_params}
             row["compile"] = jb.compile()
             row.update(jb.analysis())
-            times, _ = interleaved({"jax": jb.run}, args.repeats, args.target_seconds)
+            runs = {"jax": jb.run, "matmul_peak": peak.run}
+            times, _ = interleaved(runs, args.repeats, args.target_seconds)
+            row["matmul_peak"] = peak.summary(times["matmul_peak"])
             row["step_s"] = bench_jax.median(times["jax"])
-            row["share_of_peak"] = row["flops"] / row["step_s"] / peak_flops
+            row["share_of_peak"] = row["flops"] / row["step_s"] / row["matmul_peak"]["flops_per_s"]
             rows.append(row)
             print(f"  modalities {arch} M={m}: {row['step_s'] * 1e3:.1f} ms/step", flush=True)
     return rows
@@ -300,11 +305,12 @@ def _brief(row: dict) -> str:
 def print_tables(result: dict) -> None:
     peak = result["matmul_peak"]
     print(f"\nfloat32 matmul peak (jit, {peak['chain']} x {peak['n']}^2): "
-          f"{peak['flops_per_s'] / 1e9:.1f} GFLOP/s")  # fmt: skip
+          f"{peak['flops_per_s'] / 1e9:.1f} GFLOP/s alone at the start; each row's share is "
+          "of the peak measured interleaved with its step (column 'peak')")  # fmt: skip
     print(f"torch: {result['torch']}")
     head = ("config", "B", "jax/s", "eager/s", "compile/s", "jax/eager", "jax/comp", "ms/step",
-            "x per 2B", "GFLOP", "GFLOP/s", "of peak", "contr.", "trace", "lower", "compile",
-            "XLA MiB")  # fmt: skip
+            "x per 2B", "GFLOP", "GFLOP/s", "peak", "of peak", "contr.", "trace", "lower",
+            "compile", "XLA MiB")  # fmt: skip
     print("\n" + " | ".join(head))
     for res in result["configs"]:
         prev = None
@@ -321,7 +327,8 @@ def print_tables(result: dict) -> None:
                 get("torch_compile"), ratio("ratio_jax_over_torch_eager"),
                 ratio("ratio_jax_over_torch_compile"), f"{step * 1e3:.1f}",
                 "-" if prev is None else f"{step / prev:.2f}", f"{r['flops'] / 1e9:.2f}",
-                f"{r['flops_per_s'] / 1e9:.1f}", f"{r['share_of_peak']:.2f}",
+                f"{r['flops_per_s'] / 1e9:.1f}", f"{r['matmul_peak']['flops_per_s'] / 1e9:.0f}",
+                f"{r['share_of_peak']:.2f}",
                 f"{r['contrastive']['share_of_step']:.2f}", f"{c['trace_s']:.1f}",
                 f"{c['lower_s']:.1f}", f"{c['compile_s']:.1f}",
                 f"{(r.get('xla_temp_bytes', 0) + r.get('xla_argument_bytes', 0)) / 2**20:.0f}",
@@ -356,13 +363,15 @@ def main(argv: list[str] | None = None) -> dict:
     torch_ref, torch_note = load_torch(args.torch)
     started = time.time()
     n = 512 if args.quick else 2048
-    peak = bench_jax.matmul_peak(n, 2 if args.quick else 4, max(args.repeats, 3))
+    peak_bench = bench_jax.MatmulPeak(n, 2 if args.quick else 4)
+    repeats = max(args.repeats, 3)
+    peak = peak_bench.summary(bench_jax.time_repeats(lambda: peak_bench.run(1), repeats))
     print(f"matmul peak: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
     configs = []
     for dataset in args.datasets:
         for arch in args.architectures:
             name = dataset if arch == "paper" else f"{dataset}:{arch}"
-            configs.append(bench_config(name, args, peak["flops_per_s"], torch_ref, torch_note))
+            configs.append(bench_config(name, args, peak_bench, torch_ref, torch_note))
     result = {
         "machine": machine_info(torch_ref),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
@@ -370,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch_note
         or f"PyTorch {torch_ref.info['torch']}, {threads()} threads, in a child process",
         "matmul_peak": peak, "configs": configs,
-        "modality_scaling": bench_modalities(args, peak["flops_per_s"]),
+        "modality_scaling": bench_modalities(args, peak_bench),
         "wall_s": time.time() - started,
     }  # fmt: skip
     if torch_ref is not None:

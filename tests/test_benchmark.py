@@ -47,7 +47,12 @@ def test_quick_benchmark_fields(tmp_path):
         assert all(row["compile"][k] > 0 for k in ("trace_s", "lower_s", "compile_s"))
         assert row["jax"]["step_s"] > 0 and row["jax"]["samples_per_s"] > 0
         assert len(row["jax"]["step_s_all"]) == 2  # --quick: 2 repeats
-        assert 0 < row["share_of_peak"] < 1.5
+        # The share is of the peak measured interleaved with this row's step.
+        assert len(row["matmul_peak"]["times_s"]) == 2
+        flops_per_s = row["flops"] / row["jax"]["step_s"]
+        share = flops_per_s / row["matmul_peak"]["flops_per_s"]
+        assert row["share_of_peak"] == pytest.approx(share) and 0 < share < 1.5
+        assert row["flops"] == row["flops_xla"] + row["flops_in_loops"]
         assert row["contrastive"]["time_s"] > 0 and row["contrastive"]["flops"] > 0
         assert row["pipeline"]["preloaded_steps_per_s"] > 0
         assert row["pipeline"]["sampled_each_step_steps_per_s"] > 0
@@ -56,6 +61,7 @@ def test_quick_benchmark_fields(tmp_path):
     assert run["eval"]["subsets"] == 3 and run["eval"]["samples_per_s"] > 0
     (scaling,) = result["modality_scaling"]
     assert scaling["modalities"] == 2 and scaling["step_s"] > 0 and scaling["flops"] > 0
+    assert 0 < scaling["share_of_peak"] < 1.5 and scaling["matmul_peak"]["flops_per_s"] > 0
 
 
 def test_executed_flops_counts_every_block_of_rows():
@@ -105,8 +111,8 @@ def test_torch_reference_matches_jax(architecture):
     torch_reference.load_flax_params(ref, jax.device_get(state.params))
     with torch.no_grad():
         total, terms, _, _ = torch_reference.compute_losses(
-            ref, torch_reference.to_torch(batch), torch.from_numpy(np.asarray(cent_CxP)),
-            torch.from_numpy(np.asarray(state.centroid_valid_C)), cfg.loss,
+            ref, torch_reference.to_torch(batch), torch.from_numpy(np.array(cent_CxP)),
+            torch.from_numpy(np.array(state.centroid_valid_C)), cfg.loss,
         )  # fmt: skip
     np.testing.assert_allclose(float(total), float(loss), rtol=1e-5)
     for name, value in aux["terms"].items():
