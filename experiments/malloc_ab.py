@@ -48,6 +48,7 @@ def child(batch_size: int, architecture: str, runs: int) -> dict:
     return {
         "malloc": host_memory.malloc_in_use(),
         "step_ms": 1e3 * bench_jax.median(times),
+        "step_ms_runs": [1e3 * t for t in times],
         # Over all timed runs, then the last run alone: an allocator's heaps may still
         # grow in the first runs, and training's steady state is the last run's.
         "sys_ms_per_step": 1e3 * sum(sys_s) / steps,
