@@ -273,9 +273,9 @@ class MatmulPeak:
 
     `run(k)` is a contender for `benchmark.interleaved` (seconds per chain),
     so that the peak is measured beside the step it is compared with, under
-    the same clocks and neighbours: measured once at the start of a run, it
-    came out at 226 GFLOP/s on a machine where the same chain measures 288
-    to 291 in a process of its own (2026-12-07).
+    the same clocks and neighbours (measured only once, at the start of a
+    run, it once read 22% low: docs/performance.md); `measure` times it
+    alone.
     """
 
     def __init__(self, n: int, chain: int):
@@ -306,11 +306,9 @@ class MatmulPeak:
         return {"n": self.n, "chain": self.chain, "flops": self.flops, "time_s": median(times),
                 "flops_per_s": self.flops / median(times), "times_s": times}  # fmt: skip
 
-
-def matmul_peak(n: int, chain: int, repeats: int) -> dict:
-    """`MatmulPeak(n, chain)` measured alone: the median over `repeats` timed chains."""
-    peak = MatmulPeak(n, chain)
-    return peak.summary(time_repeats(lambda: peak.run(1), repeats))
+    def measure(self, repeats: int) -> dict:
+        """The peak measured alone: `summary` of `repeats` timed chains."""
+        return self.summary(time_repeats(lambda: self.run(1), repeats))
 
 
 def contrastive_term(

@@ -364,8 +364,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.time()
     n = 512 if args.quick else 2048
     peak_bench = bench_jax.MatmulPeak(n, 2 if args.quick else 4)
-    repeats = max(args.repeats, 3)
-    peak = peak_bench.summary(bench_jax.time_repeats(lambda: peak_bench.run(1), repeats))
+    peak = peak_bench.measure(max(args.repeats, 3))
     print(f"matmul peak: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
     configs = []
     for dataset in args.datasets:
