@@ -41,6 +41,32 @@ from robult_jax.data import load_dataset, sampler
 NUM_BATCHES = 2  # distinct pre-placed batches the timed steps cycle through
 
 
+# The shipped datasets whose inputs synthetic data stands in for under
+# `load_config(..., synthetic_inputs=True)`: each modality's name and shape
+# (encoders are chosen by name), the classes and the split sizes.
+# tests/test_benchmark.py checks them against the real datasets.
+STAND_INS = {
+    "watch": dict(
+        modality_shapes={"acc": (100, 3), "gyro": (100, 3)},
+        num_classes=7, num_train=2669, num_val=524, num_test=1484,
+    ),
+    "mfeat": dict(
+        modality_shapes={"fou": (76,), "fac": (216,), "kar": (64,), "pix": (240,), "zer": (47,),
+                         "mor": (6,)},
+        num_classes=10, num_train=1200, num_val=400, num_test=400,
+    ),
+}  # fmt: skip
+
+
+def _synthetic_data(modality_shapes: dict, **fields) -> ml_collections.ConfigDict:
+    """The synthetic dataset's data config with these modalities and `fields` set."""
+    data = configs.load("synthetic").data
+    data.modality_shapes = ml_collections.ConfigDict(modality_shapes)
+    for key, value in fields.items():
+        data[key] = value
+    return data
+
+
 def load_config(
     name: str,
     *,
@@ -48,23 +74,29 @@ def load_config(
     dtype: str,
     modalities: int | None = None,
     series_shape: tuple[int, int] = (100, 3),
+    synthetic_inputs: bool = False,
 ) -> ml_collections.ConfigDict:
     """The packaged config `name` ("watch", "watch:fused", ...) at global batch `batch_size`.
 
     Labeled:unlabeled is 1:3, as the default config's 32:96. With `modalities`,
     the data is replaced by the synthetic dataset with that many identical time
     series modalities of `series_shape` (default watch's), each with a cnn1d
-    encoder; the model widths stay those of `name`.
+    encoder; the model widths stay those of `name`. With `synthetic_inputs`,
+    the data is replaced by synthetic data of the same modalities, classes
+    and split sizes (`STAND_INS`): the same model and step, timed without the
+    dataset's packages (tensorflow-datasets, the packages that ship the
+    data), say on a GPU machine that has only JAX.
     """
     config = configs.load(name)
     if modalities is not None:
-        data = configs.load("synthetic").data
         series = {f"m{i}": series_shape for i in range(modalities)}
-        data.modality_shapes = ml_collections.ConfigDict(series)
-        data.num_train = 512
-        config.data = data
+        config.data = _synthetic_data(series, num_train=512)
         config.model.encoders = ml_collections.ConfigDict({k: "cnn1d" for k in series})
         config.sampling.label_rate = 0.25
+    elif synthetic_inputs and config.data.name != "synthetic":
+        if config.data.name not in STAND_INS:
+            raise ValueError(f"no synthetic stand-in for dataset {config.data.name!r}")
+        config.data = _synthetic_data(**STAND_INS[config.data.name])
     config.sampling.labeled_batch = batch_size // 4
     config.sampling.unlabeled_batch = batch_size - batch_size // 4
     if dtype != "float32":

@@ -38,6 +38,12 @@ huge pages for XLA's scratch memory where that helps (robult_jax/host_memory.py;
 which, and the PyTorch child process inherits the same allocator.
 `--quick`: the synthetic dataset, "paper", batch sizes 64 and 128, 2 repeats,
 no PyTorch unless `--torch`; seconds, for tests/test_benchmark.py.
+`--synthetic-inputs`: each dataset's model and step on synthetic data of
+the same shapes, classes and split sizes (`bench_jax.STAND_INS`; watch and
+mfeat), for machines without the dataset packages: a GPU machine with only
+JAX, Flax, Optax and Orbax installed needs ml-collections beside them
+(experiments/device_benchmark.sh). Step timings do not depend on the
+values; the JSON says which inputs each config ran on.
 """
 
 import argparse
@@ -82,6 +88,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modalities", type=ints, default=None, help="'' skips; default 2..8")
     p.add_argument("--modality-batch", type=int, default=256)
     p.add_argument("--target-seconds", type=float, default=None, help="length of one timed run")
+    p.add_argument(
+        "--synthetic-inputs", action="store_true",
+        help="each dataset's model on synthetic data of its shapes (no dataset packages needed)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     quick = args.quick
     defaults = dict(
@@ -94,6 +104,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, tuple(value) if isinstance(value, range) else value)
+    if args.synthetic_inputs:
+        missing = [d for d in args.datasets if d not in (*bench_jax.STAND_INS, "synthetic")]
+        if missing:
+            p.error(
+                f"--synthetic-inputs: no synthetic stand-in for {', '.join(missing)}; "
+                f"pass --datasets with some of {','.join((*bench_jax.STAND_INS, 'synthetic'))}"
+            )
     return args
 
 
@@ -252,9 +269,12 @@ def bench_pipeline(jb, args) -> dict:
 
 
 def bench_config(name: str, args, peak, torch_ref, torch_note: str) -> dict:
-    result = {"config": name, "dtype": args.dtype, "batches": []}
+    inputs = "synthetic stand-in (bench_jax.STAND_INS)" if args.synthetic_inputs else "the dataset"
+    result = {"config": name, "dtype": args.dtype, "inputs": inputs, "batches": []}
     for b in args.batch_sizes:
-        config = bench_jax.load_config(name, batch_size=b, dtype=args.dtype)
+        config = bench_jax.load_config(
+            name, batch_size=b, dtype=args.dtype, synthetic_inputs=args.synthetic_inputs
+        )
         row, jb = bench_batch(config, args, peak, torch_ref, torch_note)
         result["batches"].append(row)
         print(f"  {name} B={b}: {_brief(row)}", flush=True)

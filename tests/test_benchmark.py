@@ -13,6 +13,7 @@ import pytest
 
 from robult_jax import config as config_lib
 from robult_jax import configs, contrastive, host_memory, models, objective, tasks, train
+from robult_jax.data import load_dataset
 from robult_jax.data.synthetic import make_synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +40,7 @@ def test_quick_benchmark_fields(tmp_path):
     assert result["machine"]["malloc"] in expected
     assert result["matmul_peak"]["flops_per_s"] > 0
     (run,) = result["configs"]
-    assert run["config"] == "synthetic"
+    assert run["config"] == "synthetic" and run["inputs"] == "the dataset"
     assert [r["batch_size"] for r in run["batches"]] == [64, 128]
     for row in run["batches"]:
         assert row["labeled"] * 4 == row["batch_size"]  # 1:3 labeled:unlabeled
@@ -78,6 +79,43 @@ def test_executed_flops_counts_every_block_of_rows():
     assert out["flops_xla"] < matmuls / 2 and out["flops_in_loops"] > 0
     assert matmuls <= out["flops"] == out["flops_xla"] + out["flops_in_loops"]
     assert out["flops"] < 2 * matmuls  # the rest (exp, rho's kernel, masks) is smaller
+
+
+@pytest.mark.parametrize("name", ["watch", "mfeat"])
+def test_synthetic_stand_in_has_the_datasets_inputs(name, tmp_path):
+    """--synthetic-inputs times the same model on inputs of the dataset's shapes and sizes."""
+    sys.path.insert(0, EXPERIMENTS)
+    import bench_jax
+
+    config = configs.load(name)
+    config.data.data_dir = str(tmp_path)  # built from the packaged source, here
+    real = load_dataset(config.data)
+    stand_in_config = bench_jax.load_config(name, batch_size=8, dtype="float32",
+                                            synthetic_inputs=True)  # fmt: skip
+    assert stand_in_config.data.name == "synthetic"
+    assert stand_in_config.model == configs.load(name).model
+    stand_in = load_dataset(stand_in_config.data)
+    # In name order: a ConfigDict's keys are sorted, so the synthetic dataset's
+    # modalities come in name order (encoders are chosen by name).
+    modalities = lambda d: sorted((m.name, m.shape, m.kind) for m in d.spec.modalities)
+    assert modalities(stand_in) == modalities(real)
+    assert (stand_in.spec.task, stand_in.spec.num_outputs) == (
+        real.spec.task,
+        real.spec.num_outputs,
+    )
+    sizes = lambda d: (len(d.train), len(d.validation), len(d.test))
+    assert sizes(stand_in) == sizes(real)
+
+
+def test_synthetic_inputs_refuses_a_dataset_without_a_stand_in(capsys):
+    sys.path.insert(0, EXPERIMENTS)
+    import benchmark
+
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--synthetic-inputs", "--datasets", "watch,av_digits"])
+    assert "no synthetic stand-in for av_digits" in capsys.readouterr().err
+    args = benchmark.parse_args(["--synthetic-inputs", "--datasets", "watch,synthetic"])
+    assert args.synthetic_inputs and args.datasets == ("watch", "synthetic")
 
 
 @pytest.mark.parametrize("architecture", ["paper", "fused"])
