@@ -52,9 +52,12 @@ MASKED_LOGIT = -1e9
 
 # An R x B x M block of float32 logits of at most this many elements (2 MiB,
 # the size of a core's L2 cache on common x86 CPUs) stays in cache; measured
-# on 2 cores, B = 2048 and 8192, M = 2 (README "Performance").
+# on 2 cores, B = 2048 and 8192, M = 2 (README "Performance"). Blocks of
+# fewer than _MIN_ROWS rows cost more in the loop than they gain in cache:
+# at B = 8192 (M = 2), 128 rows against 64 cut the term's value and gradient
+# from 620 to 505 ms and the train step by about 3% (docs/performance.md).
 _BLOCK_ELEMENTS = 2**19
-_MIN_ROWS = 64
+_MIN_ROWS = 128
 _whole_batch = False
 
 
@@ -88,7 +91,7 @@ def row_block(b: int, m: int, backend: str | None = None) -> int:
     else a power of 2.
 
     >>> row_block(8192, 2, "cpu"), row_block(2048, 2, "cpu"), row_block(512, 2, "cpu")
-    (64, 128, 512)
+    (128, 128, 512)
     >>> row_block(8192, 2, "gpu")
     8192
     """

@@ -78,15 +78,16 @@ def test_gradients_in_blocks_match_finite_differences():
 
 
 def test_row_block_keeps_blocks_in_cache_on_cpu_only():
-    assert contrastive.row_block(8192, 2, "cpu") == 64
-    assert contrastive.row_block(2048, 4, "cpu") == 64
+    assert contrastive.row_block(8192, 2, "cpu") == 128  # at least 128 rows
+    assert contrastive.row_block(2048, 4, "cpu") == 128
+    assert contrastive.row_block(2048, 2, "cpu") == 128  # 2 MiB of logits
     assert contrastive.row_block(1024, 2, "cpu") == 256
     assert contrastive.row_block(512, 2, "cpu") == 512  # M x B x B fits: one block
     assert contrastive.row_block(100, 8, "cpu") == 100
     assert contrastive.row_block(16384, 2, "gpu") == contrastive.row_block(16384, 2, "tpu") == 16384
     for b, m in [(1000, 3), (5000, 2), (3000, 7)]:
         rows = contrastive.row_block(b, m, "cpu")
-        assert rows * b * m <= 2**19 or rows == 64
+        assert rows * b * m <= 2**19 or rows == 128
 
 
 def test_no_m_by_b_by_b_tensor_is_kept():
