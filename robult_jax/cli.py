@@ -5,6 +5,7 @@
   robult-jax predict --workdir runs/watch --input new.npz --output preds.npz
   robult-jax compare --dataset watch --methods robult,supervised --workdir runs/cmp
   robult-jax report runs/watch                                 tables and figures again
+  robult-jax profile runs/watch                                its trace's ops, by time
 
 `robult-jax <command> --help` lists a command's flags. Each command is the
 module of the same role (`robult_jax.main`, `robult_jax.predict`); only the
@@ -26,6 +27,7 @@ COMMANDS = {
     "compare": ("robult_jax.compare", "compare methods over seeds, each run keyed by its config"),
     "report": ("robult_jax.report", "rewrite a run's tables and figures from its results.json"),
     "export": ("robult_jax.export", "write a run's best parameters alone (Flax msgpack)"),
+    "profile": ("robult_jax.profiling", "the XLA ops of a run's profiler trace, by time"),
 }
 
 

@@ -135,6 +135,8 @@ class TrainConfig:
     progress_bar: bool = _checked(checks.flag)
     tensorboard: bool = _checked(checks.flag)  # also TensorBoard event files (needs tensorboardX)
     prefetch: int = _checked(checks.integer(0))  # batches prepared ahead in a thread; 0 = none
+    profile_steps: int = _checked(checks.integer(0))  # steps traced by jax.profiler; 0 = none
+    profile_start: int = _checked(checks.integer(0))  # steps done before the trace starts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,6 +258,13 @@ def from_config_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> C
         raise ValueError(
             f"model.latent_dim={model.latent_dim} must be divisible by model.num_heads="
             f"{model.num_heads} (the attention fusion splits it into heads)."
+        )
+    run = typed["train"]
+    if run.profile_steps and run.profile_start + run.profile_steps > run.num_steps:
+        raise ValueError(
+            f"train.profile_start={run.profile_start} + train.profile_steps="
+            f"{run.profile_steps} is past train.num_steps={run.num_steps}: the trace would "
+            "not end before training does. Lower train.profile_start or train.profile_steps."
         )
     return Config(
         method=config["method"],

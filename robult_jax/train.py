@@ -23,6 +23,7 @@ from robult_jax import (
     models,
     objective,
     parallel,
+    profiling,
     provenance,
     report,
     tasks,
@@ -112,7 +113,9 @@ class PhaseTimes:
     holds the training thread (Orbax writes in the background).
     """
 
-    PHASES = ("setup", "first_step", "train", "validation", "checkpoint", "test_evaluation")
+    PHASES = (
+        "setup", "first_step", "train", "validation", "checkpoint", "profile", "test_evaluation"
+    )  # fmt: skip
 
     def __init__(self):
         self.started = time.perf_counter()
@@ -234,11 +237,18 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, phases, *, pause
     batches = pipeline.TrainBatches(
         train_sampler, mesh, start_step=start_step, stop_step=stop, prefetch=cfg.train.prefetch
     )
+    # A jax.profiler trace of train.profile_steps steps, if asked (robult_jax.profiling).
+    trace = profiling.StepTrace(
+        workdir, first=cfg.train.profile_start, count=cfg.train.profile_steps,
+        run_start=start_step, run_stop=stop,
+    )  # fmt: skip
     phases.seconds["setup"] = phases.elapsed()
     loop_started = time.perf_counter()
-    with signals.deferred(), contextlib.closing(writer), batches:
+    with signals.deferred(), contextlib.closing(writer), batches, contextlib.closing(trace):
         for step, batch in batches:
+            trace.begin(step, state)  # waits for the steps before the trace
             state, metrics = train_step(state, batch, train_key)
+            trace.end(step, (state, metrics))
             done = step + 1
             if timed_from is None:
                 # The first step compiles; steps/s and the progress bar's ETA start after it.
@@ -300,8 +310,9 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, phases, *, pause
     with phases("checkpoint"):
         ckpt.wait_until_finished()
     loop_s = time.perf_counter() - loop_started
+    phases.seconds["profile"] = trace.export_s
     phases.seconds["train"] = loop_s - sum(
-        phases.seconds[k] for k in ("first_step", "validation", "checkpoint")
+        phases.seconds[k] for k in ("first_step", "validation", "checkpoint", "profile")
     )
     if stop < num_steps:
         ckpt.close()

@@ -41,6 +41,8 @@ RESUMABLE_FIELDS = (
     "train.progress_bar",
     "train.tensorboard",
     "train.prefetch",
+    "train.profile_steps",
+    "train.profile_start",
     "parallel.",  # checkpoints move between device counts and step forms
     "data.data_dir",
     "data.streaming",  # the same rows, read from disk on demand or held in memory

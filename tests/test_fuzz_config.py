@@ -47,6 +47,8 @@ INTS = {
     "train.keep_checkpoints": 1,
     "eval.batch_size": 1,
     "train.prefetch": 0,
+    "train.profile_steps": 0,
+    "train.profile_start": 0,
     "parallel.shard_min_size": 1,
 }
 # ... and finite float32 numbers in an interval: (lo, hi, lo_open, hi_open).

@@ -85,6 +85,10 @@ def get_config(architecture: str = "paper") -> ml_collections.ConfigDict:
     config.train.progress_bar = True
     config.train.tensorboard = True  # also <workdir>/tensorboard/ event files (tensorboardX)
     config.train.prefetch = 2  # batches sampled and put on the devices ahead, in a thread
+    # > 0: a jax.profiler trace of that many steps in <workdir>/profile/ (TensorBoard's
+    # profile plugin, or ui.perfetto.dev), starting once profile_start steps are done.
+    config.train.profile_steps = 0
+    config.train.profile_start = 10  # steps before the trace: compilation and warm-up stay out
 
     config.eval = ml_collections.ConfigDict()
     config.eval.split = "test"  # final evaluation split; "validation" while tuning
