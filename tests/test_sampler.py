@@ -191,6 +191,32 @@ def test_every_labeled_sample_once_per_epoch():
     assert not np.array_equal(seen[:10], seen[10:20])  # reshuffled per epoch
 
 
+@pytest.mark.parametrize("n,batch", [(10, 4), (10, 10), (5, 7), (5, 13)])
+def test_cached_permutations_give_the_uncached_streams(n, batch):
+    """The sampler caches each epoch's permutation; the indices are those without it,
+    in any order of steps, also when a batch spans two or more epochs."""
+    from robult_jax.data.sampler import _stream
+
+    def reference(idx, batch, step, seed, stream):  # the sampler before the cache
+        pos = step * batch + np.arange(batch, dtype=np.int64)
+        epoch, offset = np.divmod(pos, len(idx))
+        out = np.empty(batch, dtype=np.int64)
+        for e in np.unique(epoch):
+            perm = np.random.default_rng((seed, stream, int(e))).permutation(len(idx))
+            out[epoch == e] = perm[offset[epoch == e]]
+        return idx[out]
+
+    idx = np.arange(100, 100 + n)
+    perms: dict = {}
+    steps = [0, 1, 2, 9, 3, 40, 2, 41, 7, 0, 100, 5]
+    for step in steps:
+        want = reference(idx, batch, step, 3, 0x1AB1)
+        np.testing.assert_array_equal(_stream(idx, batch, step, 3, 0x1AB1), want)
+        np.testing.assert_array_equal(_stream(idx, batch, step, 3, 0x1AB1, perms), want)
+        assert len(perms) <= 8
+    assert perms  # the cache was used
+
+
 def test_full_label_rate_draws_unlabeled_rows_from_all():
     split = _split(n=12)
     sampler = _sampler(split, np.arange(12), lb=3, ub=5)

@@ -184,16 +184,37 @@ def _dropout_rates(rate: float | Sequence[float], m: int) -> np.ndarray:
     return rates
 
 
-def _stream(idx: np.ndarray, batch: int, step: int, seed: int, stream: int) -> np.ndarray:
-    """`idx` at positions step*batch .. step*batch+batch-1 of its epoch-permuted stream."""
+def _stream(
+    idx: np.ndarray, batch: int, step: int, seed: int, stream: int, perms: dict | None = None
+) -> np.ndarray:
+    """`idx` at positions step*batch .. step*batch+batch-1 of its epoch-permuted stream.
+
+    `perms`: a cache of the epochs' permutations (a batch draws from one or
+    two epochs, and an epoch lasts len(idx) / batch steps), which saves most
+    of the sampler's time; the values do not depend on it.
+    """
     pos = step * batch + np.arange(batch, dtype=np.int64)
+    first, last = divmod(int(pos[0]), len(idx))[0], divmod(int(pos[-1]), len(idx))[0]
+    if first == last:  # the usual case: one epoch
+        return idx[_permutation(len(idx), seed, stream, first, perms)[pos - first * len(idx)]]
     epoch, offset = np.divmod(pos, len(idx))
     out = np.empty(batch, dtype=np.int64)
-    for e in np.unique(epoch):
-        perm = np.random.default_rng((seed, stream, int(e))).permutation(len(idx))
+    for e in range(first, last + 1):
         sel = epoch == e
-        out[sel] = perm[offset[sel]]
+        out[sel] = _permutation(len(idx), seed, stream, e, perms)[offset[sel]]
     return idx[out]
+
+
+def _permutation(n: int, seed: int, stream: int, epoch: int, perms: dict | None) -> np.ndarray:
+    key = (n, seed, stream, epoch)
+    perm = None if perms is None else perms.get(key)
+    if perm is None:
+        perm = np.random.default_rng((seed, stream, epoch)).permutation(n)
+        if perms is not None:
+            if len(perms) >= 8:  # two streams, two epochs each at most in use
+                perms.clear()
+            perms[key] = perm
+    return perm
 
 
 def _gather(split: Split, rows: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -241,11 +262,17 @@ class SemiSupervisedSampler:
         # One rate per modality (train-time patterns may differ from test's).
         self.modality_dropout = _dropout_rates(modality_dropout, split.mask.shape[1])
         self.seed = seed
+        self._perms: dict = {}  # epoch permutations of the index streams (`_stream`)
 
     def indices(self, step: int) -> np.ndarray:
         """(B,) split indices of batch `step` (labeled rows first)."""
-        lab = _stream(self.labeled_idx, self.labeled_batch, step, self.seed, _LABELED_STREAM)
-        unl = _stream(self.unlabeled_idx, self.unlabeled_batch, step, self.seed, _UNLABELED_STREAM)
+        lab = _stream(
+            self.labeled_idx, self.labeled_batch, step, self.seed, _LABELED_STREAM, self._perms
+        )
+        unl = _stream(
+            self.unlabeled_idx, self.unlabeled_batch, step, self.seed, _UNLABELED_STREAM,
+            self._perms,
+        )  # fmt: skip
         return np.concatenate([lab, unl])
 
     def batch(self, step: int, rows: slice | None = None) -> dict:
