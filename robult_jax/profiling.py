@@ -15,14 +15,14 @@ every device, one `StepTraceAnnotation` per step. The trace goes to
 
 The trace waits for the steps before it (they run asynchronously), so it
 holds the device work of exactly the traced steps. Each run writes a new
-`<time>` folder, so a resumed run's trace never
-replaces an earlier one. Traced steps are slower than the others (the
-profiler records every op), which shows in `train/steps_per_sec` of their
-log rows; the export after the last traced step is the "profile" phase of
-`timing_s`, not "train". jax.profiler writes local files only, so with a
-workdir elsewhere (`gs://...`) the trace is written to a local temporary
-folder and copied there. A step range outside this invocation's steps (a
-resumed run, or `--pause_at_step`) traces only the steps it overlaps.
+`<time>` folder, so a resumed run's trace never replaces an earlier one.
+Traced steps are slower than the others (the profiler records every op),
+which shows in `train/steps_per_sec` of their log rows; the export after
+the last traced step is the "profile" phase of `timing_s`, not "train".
+jax.profiler writes local files only, so with a workdir elsewhere
+(`gs://...`) the trace is written to a local temporary folder and copied
+there. A step range outside this invocation's steps (a resumed run, or
+`--pause_at_step`) traces only the steps it overlaps.
 """
 
 from __future__ import annotations
@@ -167,8 +167,8 @@ def op_summary(trace_file) -> dict:
         entry[1] += 1
     programs = {}
     for module, kinds in by_kind.items():
-        ops = sorted(((k, us, n) for k, (us, n) in kinds.items()), key=lambda r: (-r[1], r[0]))
-        programs[module] = {"total_us": sum(r[1] for r in ops), "ops": ops}
+        rows = sorted(((k, us, n) for k, (us, n) in kinds.items()), key=lambda r: (-r[1], r[0]))
+        programs[module] = {"total_us": sum(r[1] for r in rows), "ops": rows}
     programs = dict(sorted(programs.items(), key=lambda kv: -kv[1]["total_us"]))
     return {"steps": len(steps), "programs": programs}
 
@@ -229,6 +229,8 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument("workdir", metavar="WORKDIR", help="a run trained with train.profile_steps")
     parser.add_argument("--top", type=int, default=20, help="op kinds shown per program")
     args = parser.parse_args((sys.argv if argv is None else argv)[1:])
+    if args.top < 1:
+        parser.error(f"--top {args.top}: give the number of op kinds to show, 1 or more")
     try:
         trace_file = latest_trace(args.workdir)
         summary = op_summary(trace_file)

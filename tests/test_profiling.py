@@ -163,6 +163,9 @@ def test_the_command_says_how_to_get_a_trace(tmp_path, capsys):
         profiling.run(["robult-jax profile", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "--config.train.profile_steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        profiling.run(["robult-jax profile", str(tmp_path), "--top", "0"])
+    assert exit_info.value.code == 2 and "--top 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -194,7 +194,7 @@ def _stream(
     of the sampler's time; the values do not depend on it.
     """
     pos = step * batch + np.arange(batch, dtype=np.int64)
-    first, last = divmod(int(pos[0]), len(idx))[0], divmod(int(pos[-1]), len(idx))[0]
+    first, last = int(pos[0]) // len(idx), int(pos[-1]) // len(idx)  # epochs
     if first == last:  # the usual case: one epoch
         return idx[_permutation(len(idx), seed, stream, first, perms)[pos - first * len(idx)]]
     epoch, offset = np.divmod(pos, len(idx))
