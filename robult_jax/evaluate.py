@@ -315,3 +315,40 @@ def evaluate_random_missing(
     what = "random missingness; a rate is left out when one of its seeds leaves no row"
     _report_excluded(what, n, excluded, excluded_out)
     return results, hashes
+
+
+def evaluate_protocols(
+    predict_many: PredictManyFn,
+    params: Any,
+    split: Split,
+    task: Task,
+    eval_config,
+    *,
+    batch_size: int,
+    mesh: jax.sharding.Mesh,
+    masks_out: dict[str, np.ndarray] | None = None,
+) -> dict:
+    """Both protocols on `split` as `eval_config` (`config.EvalConfig`) asks.
+
+    Every subset of modalities, then random missingness at
+    `eval_config.missing_rates` and, if set, at its `per_modality_rates`,
+    over `eval_config.mask_seeds`. Returns the results' entries: "subsets",
+    "random_missing", "per_modality_missing" (only when asked), "mask_hashes"
+    and "excluded_rows" (rows not scored, by condition, where any were).
+    """
+    excluded: dict[str, int] = {}  # rows not scored: no modality present under a condition
+    kw = dict(batch_size=batch_size, mesh=mesh, excluded_out=excluded)
+    out = {"subsets": evaluate_subsets(predict_many, params, split, task, **kw)}
+    missing = {"random_missing": eval_config.missing_rates}
+    if eval_config.per_modality_rates:
+        missing["per_modality_missing"] = eval_config.per_modality_rates
+    hashes: dict[str, str] = {}
+    for name, rates in missing.items():
+        out[name], more = evaluate_random_missing(
+            predict_many, params, split, task, rates=rates, seeds=eval_config.mask_seeds,
+            masks_out=masks_out, **kw,
+        )  # fmt: skip
+        hashes.update(more)
+    out["mask_hashes"] = hashes
+    out["excluded_rows"] = {k: v for k, v in excluded.items() if v}
+    return out

@@ -370,20 +370,9 @@ def _train_and_evaluate(cfg, config, dataset, workdir, signals, phases, *, pause
 def _final_evaluation(cfg, config, dataset, task, predict, params, eval_kw, masks_out) -> dict:
     spec = dataset.spec
     test = {"test": dataset.test, "validation": dataset.validation}[cfg.eval.split]
-    excluded: dict[str, int] = {}  # rows not scored: no modality present under a condition
-    kw = dict(eval_kw, excluded_out=excluded)
-    subsets = evaluate.evaluate_subsets(predict, params, test, task, **kw)
-    seeds = cfg.eval.mask_seeds
-    random_missing, hashes = evaluate.evaluate_random_missing(
-        predict, params, test, task, rates=cfg.eval.missing_rates, seeds=seeds,
-        masks_out=masks_out, **kw,
-    )  # fmt: skip
-    if cfg.eval.per_modality_rates:
-        per_modality, more_hashes = evaluate.evaluate_random_missing(
-            predict, params, test, task, rates=cfg.eval.per_modality_rates, seeds=seeds,
-            masks_out=masks_out, **kw,
-        )  # fmt: skip
-        hashes.update(more_hashes)
+    protocols = evaluate.evaluate_protocols(
+        predict, params, test, task, cfg.eval, masks_out=masks_out, **eval_kw
+    )
     return {
         "dataset": spec.name,
         "variant": spec.variant or spec.name,
@@ -394,13 +383,13 @@ def _final_evaluation(cfg, config, dataset, task, predict, params, eval_kw, mask
         "primary_metric": task.primary_metric,
         "label_rate": cfg.sampling.label_rate,
         "seed": cfg.seed,
-        "mask_seeds": list(seeds),
-        "mask_hashes": hashes,
+        "mask_seeds": list(cfg.eval.mask_seeds),
+        "mask_hashes": protocols["mask_hashes"],
         "subset_mask_hash": masks_lib.mask_hash(masks_lib.all_subsets(len(spec.modalities))),
         "commit": provenance.git_commit(),
         "config": workdir_lib.config_to_dict(config),
-        "excluded_rows": {k: v for k, v in excluded.items() if v},
-        "subsets": subsets,
-        "random_missing": random_missing,
-        **({"per_modality_missing": per_modality} if cfg.eval.per_modality_rates else {}),
+        "excluded_rows": protocols["excluded_rows"],
+        "subsets": protocols["subsets"],
+        "random_missing": protocols["random_missing"],
+        **{k: protocols[k] for k in ("per_modality_missing",) if k in protocols},
     }
