@@ -88,6 +88,8 @@ class StepTrace:
             except RuntimeError as e:  # one trace at a time: the caller's own is running
                 logging.warning("train.profile_steps: no trace written (%s); a jax.profiler "
                                 "trace was already running in this process.", e)  # fmt: skip
+                if not local:  # the temporary folder made for it, still empty
+                    shutil.rmtree(self.trace_dir, ignore_errors=True)
                 self.trace_dir, self.enabled = None, False
                 return
         if self.active:
