@@ -53,10 +53,13 @@ def test_process_rows_on_one_process_is_the_whole_batch():
     assert len(x.addressable_shards) == jax.device_count()
 
 
-@pytest.mark.parametrize("prefetch", [0, 1, 3])
-def test_train_batches_are_the_batches_in_order(prefetch):
+@pytest.mark.parametrize("prefetch,group", [(0, None), (1, 1), (3, 1), (1, 4), (3, 4), (2, None)])
+def test_train_batches_are_the_batches_in_order(prefetch, group):
     s, mesh = _sampler(), parallel.make_mesh()
-    with pipeline.TrainBatches(s, mesh, start_step=3, stop_step=9, prefetch=prefetch) as batches:
+    # 6 steps: groups of 4 end with a short one; the default (64 rows of 16) is one short group.
+    with pipeline.TrainBatches(
+        s, mesh, start_step=3, stop_step=9, prefetch=prefetch, group=group
+    ) as batches:
         got = [(step, _host(b)) for step, b in batches]
     assert [step for step, _ in got] == list(range(3, 9))
     for step, b in got:
@@ -79,36 +82,66 @@ class _Failing:
         return self.inner.batch(step, rows)
 
 
-@pytest.mark.parametrize("prefetch", [0, 2])
-def test_an_error_in_the_thread_is_raised_in_the_consumer_with_its_traceback(prefetch):
+@pytest.mark.parametrize("prefetch,group", [(0, None), (2, 1), (2, 3), (2, None)])
+def test_an_error_in_the_thread_is_raised_in_the_consumer_with_its_traceback(prefetch, group):
     failing = _Failing(_sampler())
     batches = pipeline.TrainBatches(
-        failing, parallel.make_mesh(), start_step=0, stop_step=10, prefetch=prefetch
+        failing, parallel.make_mesh(), start_step=0, stop_step=10, prefetch=prefetch, group=group
     )
     steps = []
     with pytest.raises(KeyError, match="broken record 4") as info, batches:
         for step, _ in batches:
             steps.append(step)
-    assert steps == [0, 1, 2, 3]
+    assert steps == [0, 1, 2, 3]  # every batch before the failing one, whatever the groups
     frames = [f.name for f in traceback.extract_tb(info.value.__traceback__)]
     assert "batch" in frames  # the sampler's own frame, where it was raised
     assert ("TrainBatches" in failing.threads) == (prefetch > 0)
 
 
-def test_close_stops_the_thread_early():
+@pytest.mark.parametrize("group,most", [(1, 5), (3, 10)])
+def test_close_stops_the_thread_early(group, most):
     slow = _Failing(_sampler(), delay=0.02)
     batches = pipeline.TrainBatches(
-        slow, parallel.make_mesh(), start_step=10, stop_step=10_000, prefetch=2
+        slow, parallel.make_mesh(), start_step=10, stop_step=10_000, prefetch=2, group=group
     )
     it = iter(batches)
     assert next(it)[0] == 10
     batches.close()
     assert not batches._thread.is_alive()
     made = len(slow.threads)
-    assert made <= 5  # the one taken, two queued, one in the making (+1 to spare)
-    assert list(it) == []  # iteration ends once closed
+    # group 1: the one taken, two queued, one in the making (+1 to spare);
+    # group 3: the group taken, one queued (2 steps need one), one in the making (+1).
+    assert made <= most
+    assert list(it) == []  # iteration ends once closed, in the middle of a group too
     time.sleep(0.1)
     assert len(slow.threads) == made
+
+
+def test_a_closed_group_in_the_making_is_cut_short():
+    slow = _Failing(_sampler(), delay=0.02)
+    batches = pipeline.TrainBatches(
+        slow, parallel.make_mesh(), start_step=0, stop_step=10_000, prefetch=1, group=1000
+    )
+    it = iter(batches)
+    threading.Timer(0.1, batches.close).start()
+    assert list(it) == []  # the first group was never finished
+    assert len(slow.threads) < 20  # not 1000 batches of 20 ms before the close took effect
+
+
+def test_groups_hold_about_group_rows():
+    assert pipeline.group_size(128) == pipeline.GROUP_ROWS // 128 > 1
+    assert pipeline.group_size(pipeline.GROUP_ROWS) == 1
+    assert pipeline.group_size(10 * pipeline.GROUP_ROWS) == 1  # never less than one batch
+    batches = pipeline.TrainBatches(
+        _sampler(), parallel.make_mesh(), start_step=0, stop_step=1, prefetch=2
+    )
+    assert batches.group == pipeline.GROUP_ROWS // 16
+
+
+def test_group_must_be_positive():
+    with pytest.raises(ValueError, match="group=0 must be >= 1"):
+        pipeline.TrainBatches(_sampler(), parallel.make_mesh(), start_step=0, stop_step=1,
+                              prefetch=2, group=0)  # fmt: skip
 
 
 def test_prefetch_must_not_be_negative():

@@ -13,7 +13,11 @@ devices train exactly like 1 x 4, and resume needs no iterator state.
 
 `TrainBatches` does this `prefetch` steps ahead in a background thread, so the
 input pipeline (reading, gathering, host-to-device copies) overlaps the step
-running on the devices.
+running on the devices. The thread works in groups of consecutive steps
+(`group_size`: about `GROUP_ROWS` rows, at least one batch), one transfer and
+one handoff a group, so that at small batches it wakes once every few steps
+instead of every step: on a two-core machine each wake-up takes a core from
+the step's own threads (README "Performance").
 """
 
 from __future__ import annotations
@@ -53,13 +57,27 @@ def process_rows(mesh: jax.sharding.Mesh, global_size: int) -> slice:
     return slice(start, stop)
 
 
+# Rows a group of the prefetch thread holds, at least one batch: 1024 gives groups
+# of 8 steps at B = 128 and single steps from B = 1024 up.
+GROUP_ROWS = 1024
+
+
+def group_size(batch_size: int) -> int:
+    """Consecutive steps `TrainBatches` prepares and hands over at once, by default."""
+    return max(1, GROUP_ROWS // batch_size)
+
+
 def local_batch(sampler, step: int, mesh: jax.sharding.Mesh) -> dict:
     """This process's rows of training batch `step` (numpy)."""
     return sampler.batch(step, rows=process_rows(mesh, sampler.batch_size))
 
 
 def to_devices(local: dict, mesh: jax.sharding.Mesh, global_size: int) -> dict:
-    """The global batch, sharded on "data", from this process's rows of it."""
+    """The global batch, sharded on "data", from this process's rows of it.
+
+    `local` may also be a list of batches (each placed as one batch would be):
+    on one process, the whole list is then one transfer.
+    """
     sharding = batch_sharding(mesh)
     if jax.process_count() == 1:  # the whole batch: one transfer for the tree, half the time
         return jax.device_put(local, sharding)
@@ -82,13 +100,16 @@ class TrainBatches:
     """`(step, device_batch)` for step in [start_step, stop_step), in order.
 
     With `prefetch` > 0 a background thread samples batches and puts them on
-    the devices up to `prefetch` steps ahead of the consumer; 0 does it in the
-    consumer's thread, when asked. Either way the batches are those of
-    `device_batch(sampler, step, mesh)`: the order and the values do not
-    depend on `prefetch` or on timing. An exception in the thread is raised
-    in the consumer (the same exception object, its traceback from the
-    thread). `close()` (or leaving a `with` block) stops the thread and drops
-    the batches not taken; iteration stops there.
+    the devices ahead of the consumer, `group` consecutive steps at a time
+    (default `group_size(batch size)`; one transfer and one handoff a group),
+    with at least `prefetch` steps ready beyond the group being consumed;
+    0 does it in the consumer's thread, one batch when asked. Either way the
+    batches are those of `device_batch(sampler, step, mesh)`: the order and
+    the values do not depend on `prefetch`, `group` or timing. An exception
+    in the thread is raised in the consumer after the batches made before it
+    (the same exception object, its traceback from the thread). `close()` (or
+    leaving a `with` block) stops the thread and drops the batches not taken;
+    iteration stops there.
 
     Use:
       with TrainBatches(sampler, mesh, start_step=0, stop_step=n, prefetch=2) as batches:
@@ -97,21 +118,52 @@ class TrainBatches:
     """
 
     def __init__(
-        self, sampler, mesh: jax.sharding.Mesh, *, start_step: int, stop_step: int, prefetch: int
+        self,
+        sampler,
+        mesh: jax.sharding.Mesh,
+        *,
+        start_step: int,
+        stop_step: int,
+        prefetch: int,
+        group: int | None = None,
     ):
         if prefetch < 0:
             raise ValueError(f"prefetch={prefetch} must be >= 0.")
+        group = group_size(sampler.batch_size) if group is None else group
+        if group < 1:
+            raise ValueError(f"group={group} must be >= 1 (steps prepared at a time).")
         self.sampler, self.mesh = sampler, mesh
         self.start_step, self.stop_step, self.prefetch = int(start_step), int(stop_step), prefetch
+        self.group = group
         self._rows = process_rows(mesh, sampler.batch_size)
         self._stop = threading.Event()
         self._started = False
         self._thread: threading.Thread | None = None
-        self._queue: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
+        # Queued groups: enough for `prefetch` steps (one group at least).
+        self._queue: queue.Queue = queue.Queue(maxsize=max(-(-prefetch // group), 1))
 
     def _make(self, step: int) -> dict:
         local = self.sampler.batch(step, rows=self._rows)
         return to_devices(local, self.mesh, self.sampler.batch_size)
+
+    def _make_group(self, first: int) -> tuple[list[tuple[int, dict]], BaseException | None]:
+        """Steps first, first + 1, ... of one group on the devices, and the error that cut it short.
+
+        The batches sampled before an error are kept, so that the consumer
+        gets every step before the failing one, as with single steps.
+        """
+        steps, local, error = [], [], None
+        for step in range(first, min(first + self.group, self.stop_step)):
+            if self._stop.is_set():
+                break
+            try:
+                local.append(self.sampler.batch(step, rows=self._rows))
+            except BaseException as e:  # noqa: BLE001 - raised after the batches before it
+                error = e
+                break
+            steps.append(step)
+        placed = to_devices(local, self.mesh, self.sampler.batch_size) if local else []
+        return list(zip(steps, placed, strict=True)), error
 
     def _put(self, item) -> bool:
         """Queues `item` unless closed first; False once closed."""
@@ -125,9 +177,12 @@ class TrainBatches:
 
     def _produce(self) -> None:
         try:
-            for step in range(self.start_step, self.stop_step):
-                if self._stop.is_set() or not self._put((step, self._make(step))):
+            for first in range(self.start_step, self.stop_step, self.group):
+                made, error = self._make_group(first)
+                if self._stop.is_set() or (made and not self._put(made)):
                     return
+                if error is not None:
+                    raise error
             self._put(_DONE)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, who raises it
             self._put(e)
@@ -150,7 +205,10 @@ class TrainBatches:
                 return
             if isinstance(item, BaseException):
                 raise item
-            yield item
+            for step_batch in item:
+                if self._stop.is_set():  # closed while the consumer held this group
+                    return
+                yield step_batch
 
     def _get(self):
         while True:
