@@ -241,7 +241,7 @@ class JaxBench:
         return (time.perf_counter() - start) / k
 
     def run_sampled(self, k: int) -> float:
-        """k steps as train.py's loop feeds them (sample, then shard_batch, every step)."""
+        """k steps fed in the training thread (sample, then shard_batch, every step): prefetch 0."""
         start = time.perf_counter()
         for step in range(k):
             batch = parallel.shard_batch(self.sampler.batch(NUM_BATCHES + step), self.mesh)

@@ -3,7 +3,7 @@
   .venv/bin/python experiments/benchmark.py [--quick] [--output out.json]
       [--batch-sizes 64,128,...] [--datasets watch,mfeat,av_digits,synthetic]
       [--architectures paper,fused] [--dtype float32|bfloat16] [--torch/--no-torch]
-      [--repeats N] [--modalities 2,3,...,8]
+      [--repeats N] [--target-seconds S] [--pipeline-seconds S] [--modalities 2,3,...,8]
 
 Runs on any JAX backend (CPU, GPU, TPU; the PyTorch reference only beside a
 CPU backend). For the packaged config of each dataset and architecture
@@ -20,8 +20,9 @@ CPU backend). For the packaged config of each dataset and architecture
   interleaved with the step (`bench_jax.MatmulPeak`);
 - the contrastive term alone (B x B x M) against the whole step;
 - XLA's memory footprint of the step, the peak device memory (or process RSS);
-- the input pipeline: steps/s on pre-placed batches, sampling + `shard_batch`
-  every step (train.py's loop), and `robult_jax.data.pipeline.TrainBatches`;
+- the input pipeline: steps/s on pre-placed batches, sampling and placing
+  each step in the training thread, and `robult_jax.data.pipeline.TrainBatches`
+  (train.py's loop, prefetch in a thread), in timed runs of `--pipeline-seconds`;
 - evaluation throughput over every subset of modalities (`evaluate_subsets`);
 - with PyTorch installed, the same step in PyTorch eager and `torch.compile`
   (experiments/torch_reference.py says why it is a fair reference), in a
@@ -89,6 +90,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modality-batch", type=int, default=256)
     p.add_argument("--target-seconds", type=float, default=None, help="length of one timed run")
     p.add_argument(
+        "--pipeline-seconds", type=float, default=None,
+        help="length of one timed run of the input-pipeline comparison (default 1.0): each "
+        "starts a TrainBatches, whose first group of batches is made before the first step",
+    )  # fmt: skip
+    p.add_argument(
         "--synthetic-inputs", action="store_true",
         help="each dataset's model on synthetic data of its shapes (no dataset packages needed)",
     )  # fmt: skip
@@ -99,7 +105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         datasets=("synthetic",) if quick else DATASETS,
         architectures=("paper",) if quick else ("paper", "fused"),
         torch=not quick, repeats=2 if quick else 5, modalities=(2,) if quick else range(2, 9),
-        target_seconds=0.02 if quick else 0.5,
+        target_seconds=0.02 if quick else 0.5, pipeline_seconds=0.02 if quick else 1.0,
     )  # fmt: skip
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -255,7 +261,13 @@ def bench_batch(config, args, peak, torch_ref, torch_note: str) -> tuple:
 
 
 def bench_pipeline(jb, args) -> dict:
-    """Steps/s with batches on the devices already, sampled each step, and via TrainBatches."""
+    """Steps/s with batches on the devices already, sampled each step, and via TrainBatches.
+
+    Timed runs of `--pipeline-seconds`, longer than the step's: every run
+    starts a new TrainBatches, as a training run does once, and at B = 128
+    its first group (8 batches) is sampled before the first step; in runs of
+    0.3 s that start-up alone is 1 to 2% of the run.
+    """
     runs = {"preloaded": jb.run, "sampled_each_step": jb.run_sampled}
     probe = jb.run_pipeline(1, jb.cfg.train.prefetch)
     out = {"prefetch": jb.cfg.train.prefetch}
@@ -263,7 +275,7 @@ def bench_pipeline(jb, args) -> dict:
         out["train_batches"] = probe
     else:
         runs["train_batches"] = lambda k: jb.run_pipeline(k, jb.cfg.train.prefetch)
-    times, _ = interleaved(runs, args.repeats, args.target_seconds)
+    times, _ = interleaved(runs, args.repeats, args.pipeline_seconds)
     out.update({f"{name}_steps_per_s": 1 / bench_jax.median(ts) for name, ts in times.items()})
     return out
 
