@@ -152,7 +152,7 @@ class TrainBatches:
         The batches sampled before an error are kept, so that the consumer
         gets every step before the failing one, as with single steps.
         """
-        steps, local, error = [], [], None
+        local, error = [], None
         for step in range(first, min(first + self.group, self.stop_step)):
             if self._stop.is_set():
                 break
@@ -161,9 +161,8 @@ class TrainBatches:
             except BaseException as e:  # noqa: BLE001 - raised after the batches before it
                 error = e
                 break
-            steps.append(step)
         placed = to_devices(local, self.mesh, self.sampler.batch_size) if local else []
-        return list(zip(steps, placed, strict=True)), error
+        return list(enumerate(placed, start=first)), error
 
     def _put(self, item) -> bool:
         """Queues `item` unless closed first; False once closed."""
